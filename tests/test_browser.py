@@ -1,0 +1,187 @@
+"""The explorers in a real browser: JupyterLab + Debian's Chromium driven by Playwright.
+
+Starts `jupyter lab` on a free port with a random token and throw-away HOME/config/data/runtime/settings
+dirs (nothing leaks into the repo or the user's Jupyter), opens `nbs/16a_explorers_demo.ipynb`, runs all
+cells, moves ScalingExplorer's σ slider with the keyboard and checks, in the page, that the plotly marker
+moved and the readout changed. Screenshot: `test-artifacts/explorer.png`. The notebook file is checked to be
+unchanged afterwards (autosave is off). Skipped only when chromium or playwright is not installed.
+"""
+import json, os, secrets, shutil, signal, socket, subprocess, sys, time, urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOK = "nbs/16a_explorers_demo.ipynb"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARTIFACT = REPO / "test-artifacts" / "explorer.png"
+
+try:
+    from playwright.sync_api import sync_playwright
+except ImportError:
+    sync_playwright = None
+
+pytestmark = [
+    pytest.mark.skipif(sync_playwright is None, reason="playwright is not installed (pip install playwright; no `playwright install` needed)"),
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed (apt-get install -y chromium)"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
+
+
+def _api(base: str, token: str, path: str, method: str = "GET"):
+    req = urllib.request.Request(f"{base}{path}", method=method, headers={"Authorization": f"token {token}"})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        body = r.read()
+        return json.loads(body) if body else None
+
+
+def _stop(proc: subprocess.Popen, base: str, token: str):
+    "Shut the kernels and the server down through the API, then make sure the server PID is gone."
+    try:
+        for k in _api(base, token, "/api/kernels"): _api(base, token, f"/api/kernels/{k['id']}", "DELETE")
+        _api(base, token, "/api/shutdown", "POST")
+    except Exception: pass
+    try: proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)
+        try: proc.wait(timeout=10)
+        except subprocess.TimeoutExpired: proc.kill(); proc.wait(timeout=10)
+
+
+@pytest.fixture
+def jupyter_lab(tmp_path):
+    "A JupyterLab server on 127.0.0.1 with the repo as root; yields (base_url, token); always stopped by its PID."
+    port, token = _free_port(), secrets.token_hex(16)
+    dirs = {k: tmp_path / k for k in ("home", "config", "data", "runtime", "settings", "workspaces", "checkpoints", "ipython")}
+    for d in dirs.values(): d.mkdir()
+    settings = {"docmanager-extension/plugin": {"autosave": False},            # never write the notebook back
+                "notebook-extension/tracker": {"autoStartDefaultKernel": True},  # no "Select Kernel" dialog
+                "apputils-extension/notification": {"fetchNews": "false"}}      # no news toast, no request
+    for name, value in settings.items():
+        f = dirs["settings"] / "@jupyterlab" / f"{name}.jupyterlab-settings"
+        f.parent.mkdir(parents=True, exist_ok=True); f.write_text(json.dumps(value))
+    env = dict(os.environ, HOME=str(dirs["home"]), JUPYTER_CONFIG_DIR=str(dirs["config"]), JUPYTER_DATA_DIR=str(dirs["data"]),
+               JUPYTER_RUNTIME_DIR=str(dirs["runtime"]), JUPYTERLAB_SETTINGS_DIR=str(dirs["settings"]),
+               JUPYTERLAB_WORKSPACES_DIR=str(dirs["workspaces"]), IPYTHONDIR=str(dirs["ipython"]),
+               PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip", "127.0.0.1", "--port", str(port),
+           "--ServerApp.port_retries=0", f"--ServerApp.token={token}", f"--ServerApp.root_dir={REPO}",
+           f"--ServerApp.runtime_dir={dirs['runtime']}", f"--FileCheckpoints.checkpoint_dir={dirs['checkpoints']}",
+           "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0: cmd.append("--allow-root")
+    log = open(tmp_path / "jupyter.log", "wb")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None: pytest.fail(f"jupyter lab exited with {proc.returncode}:\n{(tmp_path / 'jupyter.log').read_text()[-3000:]}")
+            try: _api(base, token, "/api/status"); break
+            except Exception:
+                if time.monotonic() > deadline: pytest.fail(f"jupyter lab did not start:\n{(tmp_path / 'jupyter.log').read_text()[-3000:]}")
+                time.sleep(0.3)
+        yield base, token
+    finally:
+        _stop(proc, base, token)
+        log.close()
+
+
+MARKER_X = """() => {
+  const gd = [...document.querySelectorAll('.js-plotly-plot')].find(g => (g.data || []).some(t => t.name === 'σ marker c_skip'));
+  if (!gd) return null;
+  const m = gd.data.find(t => t.name === 'σ marker c_skip');
+  const pt = gd.querySelector('.scatterlayer .trace:last-child .point');
+  return {x: Array.from(m.x), y: Array.from(m.y), svg: pt ? pt.getAttribute('transform') : null};
+}"""
+
+
+CURVE_X = """() => {
+  const gd = [...document.querySelectorAll('.js-plotly-plot')].find(g => (g.data || []).some(t => t.name === 'σ marker c_skip'));
+  const x = gd.data.find(t => t.name === 'EDM').x;
+  return x ? {n: x.length, first: x[0], last: x[x.length - 1]} : {n: 0};
+}"""
+ARRAY_SIZES = """() => [...document.querySelectorAll('.js-plotly-plot')].map(gd => gd.data.map(t =>
+  t.type === 'heatmap' ? (t.z ? t.z.length : 0) : Math.min(t.x ? t.x.length : 0, t.y ? t.y.length : 0)))"""
+
+
+def _assert_all_traces_have_data(page):
+    "Every trace of the three explorers' figures holds its arrays in the page (none lost in transit)."
+    sizes = page.evaluate(ARRAY_SIZES)
+    assert len(sizes) == 3 and all(n > 0 for fig in sizes for n in fig), sizes
+
+
+def _settled(page, readout, timeout: float = 20.0):
+    "Marker state and readout text once they stop changing (the key presses are processed one by one)."
+    last, same, deadline = None, 0, time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = (page.evaluate(MARKER_X), readout.inner_text())
+        same = same + 1 if state == last else 0
+        if same >= 3: return state
+        last = state
+        page.wait_for_timeout(300)
+    return last
+
+
+def test_scaling_explorer_in_jupyterlab(jupyter_lab):
+    base, token = jupyter_lab
+    nb_path = REPO / NOTEBOOK
+    nb_before = nb_path.read_bytes()
+    ARTIFACT.parent.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        page.set_default_timeout(60_000)
+        try:
+            page.goto(f"{base}/lab/tree/{NOTEBOOK}?token={token}")
+            page.locator(".jp-Notebook .jp-Cell").first.wait_for()
+            page.wait_for_function("() => document.querySelector('.jp-Notebook') && "
+                                   "/Idle/.test(document.querySelector('#jp-main-statusbar')?.innerText || '')"
+                                   " || document.querySelector('.jp-Dialog')", timeout=60_000)
+            if page.locator(".jp-Dialog").count():   # a kernel dialog despite autoStartDefaultKernel: accept the default
+                page.locator(".jp-Dialog .jp-mod-accept").click()
+            page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+            page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+
+            slider = page.locator(".dx-sigma-slider").first
+            slider.wait_for(timeout=75_000)
+            readout = page.locator(".dx-readout").first
+            readout.wait_for()
+            page.wait_for_function(f"() => ({MARKER_X})() !== null")
+            before, text_before = page.evaluate(MARKER_X), readout.inner_text()
+            curve_x = page.evaluate(CURVE_X)   # the curves reached the page with their σ values
+            assert curve_x["n"] == 400 and curve_x["first"] == pytest.approx(1e-3) and curve_x["last"] == pytest.approx(1e3)
+            page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 3")
+            _assert_all_traces_have_data(page)
+            assert before["x"][0] == pytest.approx(1.0) and "σ = 1," in text_before
+
+            handle = slider.locator(".noUi-handle").first
+            handle.focus()
+            for _ in range(10): handle.press("ArrowRight")
+            page.wait_for_function(f"() => ({MARKER_X})().x[0] > 1.0001", timeout=20_000)
+            after, text_after = _settled(page, readout)
+
+            assert after["x"][0] > before["x"][0] and all(x == after["x"][0] for x in after["x"])
+            assert after["y"] != before["y"]                       # the markers moved along the curves
+            assert after["svg"] != before["svg"]                   # ... and on screen
+            sigma = after["x"][0]
+            assert f"σ = {sigma:.4g}," in text_after and text_after != text_before
+            for name in ("EDM", "Eps", "V", "VWithEDMcNoise", "Score"): assert name in text_after
+            assert page.evaluate(CURVE_X)["n"] == 400
+            _assert_all_traces_have_data(page)
+
+            out = page.locator(".jp-OutputArea-output").filter(has=page.locator(".dx-sigma-slider")).first
+            out.scroll_into_view_if_needed()
+            out.screenshot(path=str(ARTIFACT))
+        except Exception:
+            page.screenshot(path=str(ARTIFACT.with_name("explorer-failure.png")), full_page=True)
+            raise
+        finally:
+            browser.close()
+    assert ARTIFACT.stat().st_size > 10_000
+    assert nb_path.read_bytes() == nb_before, f"{NOTEBOOK} was modified by the browser session"

@@ -1,0 +1,323 @@
+"Explorers: the pure functions numerically, then each widget driven through its controls (no browser)."
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from diffexplore.data import DigitsDataModule
+from diffexplore.discretizer import EDMDiscretization, LegacyDDPMDiscretization
+from diffexplore.explorers import (FP16_MAX, batch_restyle, NOISING_PANELS, PANELS, NoisingExplorer, ScalingExplorer, SigmaSamplingExplorer,
+                                   log10_histogram, make_scalings, make_weighting, noising_panels,
+                                   optimal_denoiser, panel_values, posterior_weights, readout_table, readout_values,
+                                   sampling_summary, sigma_grid, target_std_curve)
+from diffexplore.scalings import EDMScaling, EpsScaling, ScoreScaling, VScaling
+from diffexplore.sigma_sampling import DiscreteSampling, EDMSampling
+from diffexplore.weightings import EDMWeighting, EpsWeighting, VWeighting
+
+f64 = torch.float64
+
+
+@pytest.fixture(scope="module")
+def digits(): return DigitsDataModule().train_images()[:128]
+
+
+# ---------------------------------------------------------------- optimal denoiser
+def _brute_force(x_t, sigma, data):
+    "Posterior mean in float64 with plain Python loops and a max-shift (no torch softmax/logsumexp)."
+    x, d = x_t.reshape(-1).tolist(), data.reshape(data.shape[0], -1).tolist()
+    logits = [-sum((a - b) ** 2 for a, b in zip(x, di)) / (2 * sigma**2) for di in d]
+    m = max(logits)
+    p = [math.exp(l - m) for l in logits]
+    z = sum(p)
+    return torch.tensor([sum(pi * di[j] for pi, di in zip(p, d)) / z for j in range(len(x))], dtype=f64).reshape(x_t.shape)
+
+
+@pytest.mark.parametrize("sigma", [0.05, 0.3, 1.0, 4.0, 50.0])
+def test_optimal_denoiser_matches_brute_force_float64(sigma):
+    g = torch.Generator().manual_seed(1)
+    data = torch.randn(40, 1, 3, 3, generator=g, dtype=f64)
+    x_t = data[5:6] + sigma * torch.randn(1, 1, 3, 3, generator=g, dtype=f64)
+    torch.testing.assert_close(optimal_denoiser(x_t, sigma, data), _brute_force(x_t, sigma, data), rtol=1e-10, atol=1e-12)
+
+
+def test_optimal_denoiser_limits():
+    g = torch.Generator().manual_seed(2)
+    data = torch.randn(30, 2, 4, 4, generator=g, dtype=f64)
+    x_t = data[[3, 17]] + 0.01 * torch.randn(2, 2, 4, 4, generator=g, dtype=f64)  # near, not on, two images
+    assert torch.equal(optimal_denoiser(x_t, 1e-4, data), data[[3, 17]])            # σ → 0: nearest image
+    torch.testing.assert_close(optimal_denoiser(x_t, math.inf, data), data.mean(0).expand(2, -1, -1, -1))  # σ → ∞: mean
+    torch.testing.assert_close(optimal_denoiser(x_t, 1e5, data), data.mean(0).expand(2, -1, -1, -1), rtol=0, atol=1e-8)
+
+
+def test_optimal_denoiser_per_sample_sigma_and_float32_stability():
+    data = DigitsDataModule().train_images()[:200]
+    x_t = data[:3] + 0.2
+    out = optimal_denoiser(x_t, torch.tensor([1e-3, 1.0, 1e3]), data)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert torch.equal(out[0], data[0])                      # tiny σ: nearest (itself, shifted by 0.2 everywhere)
+    torch.testing.assert_close(out[2], data.mean(0), rtol=0, atol=1e-3)
+    for i, s in enumerate([1e-3, 1.0, 1e3]):                 # row i equals the single-σ call
+        torch.testing.assert_close(out[i], optimal_denoiser(x_t[i:i + 1], s, data)[0])
+    w = posterior_weights(x_t, 1e-3, data)
+    assert w.shape == (3, 200) and torch.allclose(w.sum(1), torch.ones(3))
+
+
+def test_optimal_denoiser_errors():
+    data = torch.zeros(4, 1, 2, 2)
+    with pytest.raises(ValueError, match="sigma=0"): optimal_denoiser(torch.zeros(1, 1, 2, 2), 0.0, data)
+    with pytest.raises(ValueError, match="sigma=-1"): optimal_denoiser(torch.zeros(1, 1, 2, 2), -1.0, data)
+    with pytest.raises(ValueError, match=r"x_t.shape=\(1, 1, 3, 2\)"): optimal_denoiser(torch.zeros(1, 1, 3, 2), 1.0, data)
+    with pytest.raises(ValueError, match="sigma.shape=\\(3,\\)"): optimal_denoiser(torch.zeros(2, 1, 2, 2), torch.ones(3), data)
+
+
+# ---------------------------------------------------------------- effective target, readout values
+def test_target_std_edm_formula_and_score_explosion(digits):
+    sig = sigma_grid(60)
+    s = float(digits.std())
+    for sd in (0.5, 1.0, s):
+        expected = ((sig**2 * s**2 + sd**4) / ((sig**2 + sd**2) * sd**2)).sqrt()
+        torch.testing.assert_close(target_std_curve(EDMScaling(sd), digits, sig), expected, rtol=0.03, atol=0)
+    torch.testing.assert_close(target_std_curve(EDMScaling(s), digits, sig), torch.ones(60, dtype=f64), rtol=0, atol=0.03)
+    score = target_std_curve(ScoreScaling(), digits, sig)
+    torch.testing.assert_close(score * sig, torch.ones(60, dtype=f64), rtol=0, atol=0.03)  # std = 1/σ
+    assert score[0] > 900 and score[-1] < 2e-3
+    torch.testing.assert_close(target_std_curve(EpsScaling(), digits, sig), torch.ones(60, dtype=f64), rtol=0, atol=0.03)
+
+
+def test_target_std_uses_one_noise_draw_and_checks_sigma(digits):
+    sig = sigma_grid(130)  # more than one chunk of 64
+    full = target_std_curve(VScaling(), digits, sig, seed=3)
+    assert torch.equal(target_std_curve(VScaling(), digits, sig[[7, 100]], seed=3), full[[7, 100]])
+    assert not torch.equal(target_std_curve(VScaling(), digits, sig, seed=4), full)
+    with pytest.raises(ValueError, match="sigma"): target_std_curve(EDMScaling(), digits, [0.5, -1.0])
+
+
+def test_readout_values_bc01():
+    v = readout_values(make_scalings(["EDM"], 0.5), 0.5)["EDM"]
+    assert [round(v[k], 5) for k in ("c_skip", "c_out", "c_in")] == [0.5, 0.35355, 1.41421]
+    assert math.isclose(v["c_noise"], 0.25 * math.log(0.5), rel_tol=1e-12)
+    v1 = readout_values(make_scalings(["EDM"], 1.0), 0.5)["EDM"]
+    assert [round(v1[k], 5) for k in ("c_skip", "c_out", "c_in")] == [0.8, 0.44721, 0.89443]
+    v80 = readout_values(make_scalings(["EDM"], 0.5), 80.0)["EDM"]
+    assert math.isclose(v80["c_skip"], 3.9061e-05, rel_tol=1e-4) and math.isclose(v80["c_noise"], 1.0955, rel_tol=1e-4)
+
+
+def test_readout_values_match_scalings_everywhere():
+    scalings = make_scalings()
+    for sigma in (1e-3, 0.037, 2.0, 999.0):
+        got = readout_values(scalings, sigma)
+        for name, s in scalings.items():
+            want = [float(c) for c in s(torch.tensor(sigma, dtype=f64))]
+            assert [got[name][k] for k in ("c_skip", "c_out", "c_in", "c_noise")] == want
+
+
+def test_panel_values_matched_pairs_have_unit_effective_weight(digits):  # bugcase BC02
+    sig = sigma_grid(50)
+    for scaling, weighting in ((EDMScaling(0.5), EDMWeighting(0.5)), (VScaling(), VWeighting()), (EpsScaling(), EpsWeighting())):
+        pv = panel_values({"s": scaling}, weighting, digits, sig)
+        torch.testing.assert_close(pv["w·c_out²"]["s"], torch.ones(50, dtype=f64))
+    assert list(panel_values(make_scalings(), make_weighting(), digits, sig)) == list(PANELS)
+
+
+def test_names_checked():
+    with pytest.raises(ValueError, match="Karras"): make_scalings(["EDM", "Karras"])
+    with pytest.raises(ValueError, match="SNR"): make_weighting("SNR")
+    with pytest.raises(ValueError, match="Karras"): ScalingExplorer(scalings=("Karras",))
+    with pytest.raises(ValueError, match="SNR"): ScalingExplorer(weighting="SNR")
+
+
+def test_readout_table_escapes_and_formats():
+    t = readout_table({"<b>": {"x": 1 / 3, "n": 7}}, "σ < 1")
+    assert "&lt;b&gt;" in t and "σ &lt; 1" in t and ">0.3333<" in t and ">7<" in t
+
+
+# ---------------------------------------------------------------- ScalingExplorer widget
+@pytest.fixture(scope="module")
+def scaling_explorer(digits): return ScalingExplorer(x0=digits)
+
+
+def _markers_match(ex, sigma):
+    "Every marker sits at σ, at the values of the scalings/weighting/target at σ; the readout shows them."
+    at = panel_values(ex.scalings, ex.weighting, ex.x0, torch.tensor([sigma], dtype=f64), ex.seed)
+    coefs = readout_values(ex.scalings, sigma)
+    for p in PANELS:
+        m = ex.marker(p)
+        assert list(m.x) == [sigma] * len(ex.names)
+        np.testing.assert_allclose(m.y, [float(at[p][n]) for n in ex.names], rtol=1e-12)
+    np.testing.assert_allclose(ex.marker("c_skip").y, [coefs[n]["c_skip"] for n in ex.names], rtol=1e-12)
+    np.testing.assert_allclose(ex.marker("|c_out|").y, [abs(coefs[n]["c_out"]) for n in ex.names], rtol=1e-12)
+    np.testing.assert_allclose(ex.marker("c_noise").y, [coefs[n]["c_noise"] for n in ex.names], rtol=1e-12)
+    html = ex.readout.value
+    assert f"σ = {sigma:.4g}" in html
+    for n in ex.names:
+        assert f">{n}</th>" in html
+        for k in ("c_skip", "c_out", "c_in", "c_noise"): assert f">{coefs[n][k]:.4g}</td>" in html
+
+
+@pytest.mark.parametrize("sigma", [1e-3, 0.02, 0.5, 1.0, 7.3, 1e3])
+def test_scaling_explorer_sigma_moves_markers_and_readout(scaling_explorer, sigma):
+    scaling_explorer.sigma_slider.value = sigma
+    _markers_match(scaling_explorer, sigma)
+
+
+def test_scaling_explorer_marker_on_curve(scaling_explorer):
+    ex = scaling_explorer
+    i = 123
+    ex.sigma_slider.value = float(ex.sigmas[i])
+    for p in PANELS:
+        for j, n in enumerate(ex.names):
+            assert math.isclose(ex.marker(p).y[j], ex.curve(p, n).y[i], rel_tol=1e-12), (p, n)
+
+
+def test_scaling_explorer_bc01_values_at_half(scaling_explorer):
+    ex = scaling_explorer
+    ex.sigma_data_slider.value = 0.5; ex.weighting_dropdown.value = "EDM"; ex.sigma_slider.value = 0.5
+    np.testing.assert_allclose(ex.marker("c_skip").y, [0.5, 1.0, 0.8, 0.8, 1.0], rtol=1e-12)
+    np.testing.assert_allclose(ex.marker("|c_out|").y, [0.353553, 0.5, 0.447214, 0.447214, 0.25], rtol=1e-5)
+    np.testing.assert_allclose(ex.marker("c_in").y, [1.414214, 0.894427, 0.894427, 0.894427, 1.0], rtol=1e-5)
+    assert ex.marker("w·c_out²").y[0] == pytest.approx(1.0)
+    assert ">0.3536</td>" in ex.readout.value and ">-0.1733</td>" in ex.readout.value
+
+
+def test_scaling_explorer_sigma_data_changes_edm_only(scaling_explorer):
+    ex = scaling_explorer
+    ex.weighting_dropdown.value = "EDM"; ex.sigma_data_slider.value = 0.5
+    before = {n: np.array(ex.curve("c_skip", n).y) for n in ex.names}
+    ex.sigma_data_slider.value = 1.0
+    np.testing.assert_allclose(ex.curve("c_skip", "EDM").y, EDMScaling(1.0).c_skip(ex.sigmas).numpy(), rtol=1e-12)
+    np.testing.assert_allclose(ex.curve("c_in", "EDM").y, ex.curve("c_in", "V").y, rtol=1e-12)  # EDM(1) = V but c_noise
+    np.testing.assert_allclose(ex.curve("w·c_out²", "EDM").y, 1.0, rtol=1e-9)          # weighting follows σ_data (BC01)
+    for n in ex.names[1:]: np.testing.assert_array_equal(ex.curve("c_skip", n).y, before[n])
+    assert not np.allclose(ex.curve("c_skip", "EDM").y, before["EDM"])
+    _markers_match(ex, ex.sigma_slider.value)
+    assert "σ_data = 1" in ex.readout.value and "EDMWeighting(sigma_data=1.0)" in ex.readout.value
+    ex.sigma_data_slider.value = 0.5
+
+
+def test_scaling_explorer_weighting_dropdown(scaling_explorer):
+    ex = scaling_explorer
+    ex.weighting_dropdown.value = "Eps"
+    sig = ex.sigmas.numpy()
+    np.testing.assert_allclose(ex.curve("w·c_out²", "Eps").y, 1.0, rtol=1e-9)
+    np.testing.assert_allclose(ex.curve("w·c_out²", "Score").y, sig**2, rtol=1e-9)   # σ⁻²·σ⁴
+    ex.weighting_dropdown.value = "Unit"
+    np.testing.assert_allclose(ex.curve("w·c_out²", "Eps").y, sig**2, rtol=1e-9)     # c_out² = σ²
+    _markers_match(ex, ex.sigma_slider.value)
+    ex.weighting_dropdown.value = "EDM"
+
+
+def test_scaling_explorer_subset_and_display(digits):
+    ex = ScalingExplorer(scalings=("Score", "EDM"), weighting="V", n_points=50, sigma=0.1, x0=digits)
+    assert len(ex.fig.data) == len(PANELS) * 2 + len(PANELS) and len(ex.curve("c_in", "EDM").y) == 50
+    _markers_match(ex, 0.1)
+    assert "application/vnd.jupyter.widget-view+json" in ex._repr_mimebundle_()
+    assert repr(ex) == "ScalingExplorer(scalings=('Score', 'EDM'), weighting='V', sigma=0.1, sigma_data=0.5)"
+
+
+def test_updates_send_one_message_with_every_value(digits, monkeypatch):
+    "One restyle message per change, a value for every trace (no 'undefined' that the frontend would turn into a deletion)."
+    from plotly.basedatatypes import Undefined
+    ex = ScalingExplorer(x0=digits, n_points=40)
+    sent = []
+    for name in ("_send_restyle_msg", "_send_update_msg", "_send_relayout_msg"):
+        monkeypatch.setattr(ex.fig, name, lambda *a, _n=name, **k: sent.append((_n, a, k)))
+    ex.sigma_slider.value = 0.3
+    assert [m[0] for m in sent] == ["_send_restyle_msg"]
+    data, = sent[0][1]
+    assert set(data) == {"x", "y"} and all(len(v) == len(PANELS) and all(e is not Undefined for e in v) for v in data.values())
+    sent.clear(); ex.sigma_data_slider.value = 0.7
+    assert [m[0] for m in sent] == ["_send_restyle_msg"] and "y" in sent[0][1][0]
+    with pytest.raises(ValueError, match="same properties"):
+        batch_restyle(ex.fig, {0: dict(y=[1.0]), 1: dict(x=[1.0], y=[1.0])})
+
+
+# ---------------------------------------------------------------- SigmaSamplingExplorer
+def test_log10_histogram_normalised_and_matches_pdf():
+    edges = torch.linspace(-4, 3, 71, dtype=f64)
+    draws = EDMSampling(-1.2, 1.2)(400_000, rand=torch.randn(400_000, generator=torch.Generator().manual_seed(0)))
+    h = log10_histogram(draws, edges)
+    assert float((h * edges.diff()).sum()) == pytest.approx(1.0, abs=1e-12)
+    centres = 10 ** ((edges[1:] + edges[:-1]) / 2)
+    torch.testing.assert_close(h, EDMSampling(-1.2, 1.2).pdf(centres, wrt="log10_sigma"), rtol=0, atol=0.01)
+    half = log10_histogram(torch.tensor([1e-6, 1.0]), edges)   # 1e-6 lies outside: counts in the total only
+    assert float((half * edges.diff()).sum()) == pytest.approx(0.5)
+
+
+def test_sampling_summary_bugcases():
+    s = sampling_summary(EDMSampling(-1.2, 1.2), EDMWeighting(0.5))
+    assert s["P(w > 65504)"] == pytest.approx(1.4687e-04, rel=1e-4)                       # BC03
+    assert s["median σ"] == pytest.approx(0.30119, rel=1e-4) and s["mean σ"] == pytest.approx(0.61878, rel=1e-4)  # BC07
+    assert s["P(σ < σ_min)"] == pytest.approx(1.4650e-05, rel=1e-3)                        # BC07: P(σ < 0.002)
+    assert sampling_summary(EDMSampling(-1.2, 1.2), EpsWeighting())["P(w > 65504)"] == pytest.approx(
+        float(EDMSampling(-1.2, 1.2).cdf(torch.tensor(1 / math.sqrt(FP16_MAX), dtype=f64))), rel=1e-6)
+    d = sampling_summary(DiscreteSampling(LegacyDDPMDiscretization(), 1000), EDMWeighting(0.5), 0.1, 10.0)
+    table = LegacyDDPMDiscretization().sigmas
+    assert d["P(σ < σ_min)"] == pytest.approx(float((table < 0.1).double().mean()))
+    assert d["P(σ > σ_max)"] == pytest.approx(float((table > 10).double().mean())) and d["P(w > 65504)"] == 0.0
+    with pytest.raises(TypeError, match="sampling="): sampling_summary(EDMDiscretization(), EDMWeighting())
+
+
+def test_sigma_sampling_explorer_controls():
+    ex = SigmaSamplingExplorer(n_samples=5000)
+    for p_mean, p_std in ((-1.2, 1.2), (0.5, 0.6), (-3.0, 2.0)):
+        ex.p_mean_slider.value, ex.p_std_slider.value = p_mean, p_std
+        edm = EDMSampling(p_mean, p_std)
+        np.testing.assert_allclose(ex.fig.data[0].y[:-1], log10_histogram(edm(5000, rand=ex.rand), ex.edges).numpy())
+        np.testing.assert_allclose(ex.fig.data[1].y, edm.pdf(ex.sigmas, wrt="log10_sigma").numpy())
+        assert f"EDMSampling(p_mean={p_mean}, p_std={p_std})" in ex.readout.value
+        assert f">{sampling_summary(edm, ex.weighting, 0.002, 80.0)['median σ']:.4g}</td>" in ex.readout.value
+    x, y = np.array(ex.fig.data[2].x), np.array(ex.fig.data[2].y)[:-1]   # discrete: only bins touching [0.029167, 14.615]
+    assert y[(x[1:] < 0.029167) | (x[:-1] > 14.615)].max() == 0 and y.max() > 0
+    for n in (2, 5, 77):
+        ex.num_steps_slider.value = n
+        np.testing.assert_allclose(ex.fig.data[4].x, EDMDiscretization()(n, do_append_zero=False, dtype=f64).numpy())
+    ex.num_steps_slider.value = 5
+    np.testing.assert_allclose(ex.fig.data[4].x, [80.0, 17.528, 2.5152, 0.16975, 0.002], rtol=1e-4)   # BC08
+    ex.weighting_dropdown.value = "Eps"
+    np.testing.assert_allclose(ex.fig.data[3].y, (1 / ex.sigmas**2).numpy())
+    assert "EpsWeighting()" in ex.readout.value
+
+
+# ---------------------------------------------------------------- NoisingExplorer
+def test_noising_panels_values():
+    data = DigitsDataModule().train_images()[:50].double()
+    x0, eps = data[3], torch.randn(1, 8, 8, dtype=f64, generator=torch.Generator().manual_seed(0))
+    p = noising_panels(x0, eps, 2.0, EDMScaling(0.5), data)
+    assert list(p) == list(NOISING_PANELS)
+    torch.testing.assert_close(p["x_t"], x0 + 2 * eps)
+    torch.testing.assert_close(p["c_in·x_t"], (x0 + 2 * eps) / math.sqrt(4.25))
+    c_skip, c_out = 0.25 / 4.25, 2 * 0.5 / math.sqrt(4.25)
+    torch.testing.assert_close(p["F*"], (x0 - c_skip * (x0 + 2 * eps)) / c_out)
+    torch.testing.assert_close(p["D*"], optimal_denoiser((x0 + 2 * eps)[None], 2.0, data)[0])
+    with pytest.raises(ValueError, match="sigma"): noising_panels(x0, eps, 0.0, EDMScaling(), data)
+
+
+def test_noising_explorer_controls():
+    ex = NoisingExplorer(sigma=0.3)
+    n = ex.n_train
+    assert (ex.index_slider.value, n, len(ex.images)) == (1438, 1438, 1797)   # starts on the first held-out digit
+    for index, sigma, scaling in ((n, 0.3, "EDM"), (n + 5, 5.0, "V"), (12, 1e-3, "Score"), (1700, 1e3, "Eps")):
+        ex.index_slider.value, ex.sigma_slider.value, ex.scaling_dropdown.value = index, sigma, scaling
+        want = noising_panels(ex.images[index], ex.noise(index), sigma, make_scalings([scaling])[scaling], ex.train)
+        for trace, name in zip(ex.fig.data, NOISING_PANELS):
+            np.testing.assert_allclose(trace.z, want[name][0].numpy(), rtol=1e-12, err_msg=name)
+        np.testing.assert_allclose(ex.fig.data[1].z, (ex.images[index, 0].double() + sigma * ex.noise(index)[0]).numpy())
+        html = ex.readout.value
+        assert f"σ = {sigma:.4g}" in html and ("held out" in html) == (index >= n) and f"image {index} (" in html
+    ex.index_slider.value, ex.sigma_slider.value = 12, 1e-3     # a training digit comes back exactly, weight 1
+    np.testing.assert_array_equal(ex.fig.data[4].z, ex.images[12, 0].double().numpy())
+    assert ">12</td>" in ex.readout.value and ">1</td>" in ex.readout.value
+    ex.index_slider.value = n + 1                               # a held-out digit: D* is a training digit, not x_0
+    d = ex.fig.data[4].z
+    assert any(np.array_equal(d, t[0].numpy()) for t in ex.train) and not np.array_equal(d, ex.images[n + 1, 0].double().numpy())
+    ex.sigma_slider.value = 1e3          # σ → ∞: the training-set mean (weights ∝ exp(x_t·x_i/σ²): off by O(|ε||x_i|/σ))
+    np.testing.assert_allclose(ex.fig.data[4].z, ex.train.mean(0)[0].numpy(), atol=0.01)
+
+
+def test_noising_explorer_other_datamodule():
+    from diffexplore.data import ArrayDataModule
+    imgs = np.random.default_rng(0).integers(0, 256, (20, 4, 4)).astype(np.uint8)
+    ex = NoisingExplorer(ArrayDataModule(imgs, val_fraction=0.25), sigma=1e-3)
+    assert ex.images.shape == (20, 1, 4, 4) and ex.n_train == 15 and ex.index_slider.value == 15
+    np.testing.assert_allclose(ex.fig.data[0].z, ex.images[15, 0].double().numpy())

@@ -1,0 +1,282 @@
+"LiveTrainingView and fit_in_background on real (toy) training runs; the pure functions behind the widget."
+import glob, math, os, time, warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from diffexplore.live import (LiveTrainingView, BackgroundFit, fit_in_background, ema_smooth, should_push, push_interval,
+                              append_row, thin, image_grid, sample_class_labels, _num_classes, _to_floats,
+                              _same_value)
+from diffexplore.engine import DiffusionEngine, NonFiniteLossError
+from diffexplore.scalings import EDMScaling
+from diffexplore.weightings import EDMWeighting
+from diffexplore.sigma_sampling import EDMSampling
+from diffexplore.denoiser import Denoiser
+from diffexplore.loss import StandardDiffusionLoss
+from diffexplore.sampling import EulerEDMSampler
+
+
+# --- the toy engine of nbs/11_engine.ipynb: trains in about a second on CPU ---------------------------------------
+class TinyNet(nn.Module):
+    "An MLP with sgm's network call F(x, c_noise, cond) for x of shape [B, 1, 2, 2]."
+    def __init__(self, width=32):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(5, width), nn.SiLU(), nn.Linear(width, 4))
+    def forward(self, x, c_noise, cond):
+        return self.net(torch.cat([x.flatten(1), c_noise[:, None].to(x.dtype)], dim=1)).view_as(x)
+
+class NaNNet(TinyNet):
+    def forward(self, x, c_noise, cond): return super().forward(x, c_noise, cond) * float("nan")
+
+def toy_batches(n=512, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.tensor([[0.5, 0.5, -0.5, -0.5], [-0.5, 0.5, 0.5, -0.5]])
+    x = centers[torch.randint(0, 2, (n,), generator=g)] + 0.05 * torch.randn(n, 4, generator=g)
+    return torch.utils.data.DataLoader([{"jpg": xi.view(1, 2, 2)} for xi in x], batch_size=64)
+
+def toy_engine(net=None, **kw):
+    return DiffusionEngine(net or TinyNet(), Denoiser(EDMScaling(0.5)), StandardDiffusionLoss(EDMSampling(), EDMWeighting(0.5)),
+                           lr=3e-3, warmup_steps=10, ema_decay_rate=0.99, **kw)
+
+def trainer(max_steps, *callbacks, **kw):
+    kw = {"enable_checkpointing": False, **kw}
+    return pl.Trainer(max_steps=max_steps, accelerator="cpu", logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, callbacks=list(callbacks), **kw)
+
+class LossRecorder(pl.Callback):
+    def __init__(self): self.losses = []
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx): self.losses.append(outputs["loss"].item())
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    "Tiny models: one thread is fastest and keeps a shared 2-core machine usable."
+    old = torch.get_num_threads(); torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+def wait_for(cond, timeout=60.0):
+    t = time.monotonic()
+    while not cond() and time.monotonic() - t < timeout: time.sleep(0.01)
+    return cond()
+
+
+# --- pure functions -------------------------------------------------------------------------------------------------
+def test_ema_smooth_is_the_debiased_weighted_mean():
+    x = np.random.default_rng(1).normal(size=50)
+    beta = 0.8
+    got, _ = ema_smooth(list(x), beta)
+    for t in [0, 1, 9, 49]:
+        w = beta ** np.arange(t, -1, -1)                # weights β^(t-i) of x_0 … x_t
+        assert math.isclose(got[t], float((w * x[:t + 1]).sum() / w.sum()), rel_tol=1e-12)
+
+def test_ema_smooth_state_and_errors():
+    a, st = ema_smooth([1.0, 2.0], 0.5)
+    b, _ = ema_smooth([3.0], 0.5, st)
+    assert a + b == ema_smooth([1.0, 2.0, 3.0], 0.5)[0]
+    for beta in (-0.1, 1.0, float("nan")):
+        with pytest.raises(ValueError, match="beta"): ema_smooth([1.0], beta)
+
+def test_throttle():
+    assert should_push(0.0, None, 0.25) and not should_push(1.2, 1.0, 0.25) and should_push(1.25, 1.0, 0.25)
+    assert push_interval(0.25, 0.002, 0.01) == 0.25 and push_interval(0.25, 0.02, 0.01) == pytest.approx(2.0)
+    last, n = None, 0
+    for now in np.arange(0, 10, 0.001):                 # 10 s of 1 ms steps
+        if should_push(now, last, 0.25): last, n = now, n + 1
+    assert n == 40
+
+def test_append_row_aligns_series():
+    cols = {}
+    for i, row in enumerate([{"a": 1.0}, {"b": 2.0}, {}, {"a": 3.0, "b": 4.0}]): append_row(cols, row, i)
+    np.testing.assert_array_equal(cols["a"], [1.0, np.nan, np.nan, 3.0])
+    np.testing.assert_array_equal(cols["b"], [np.nan, 2.0, np.nan, 4.0])
+
+def test_thin_bounds_and_keeps_ends():
+    for n in range(2, 300):
+        for m in (2, 3, 7, 100):
+            t = thin(list(range(n)), m)
+            assert len(t) <= m and t[0] == 0 and t[-1] == n - 1 and t == sorted(set(t))
+    with pytest.raises(ValueError, match="max_points"): thin([1, 2, 3], 1)
+
+def test_image_grid_values_and_layout():
+    imgs = torch.stack([torch.full((3, 2, 3), v) for v in (-1.0, 0.0, 1.0)])   # 3 RGB images 2×3
+    g = image_grid(imgs, nrow=2, pad=1)
+    assert g.dtype == np.uint8 and g.shape == (2 * 3 + 1, 2 * 4 + 1, 3)
+    assert (g[1:3, 1:4] == 0).all() and (g[1:3, 5:8] == 128).all() and (g[4:6, 1:4] == 255).all()
+    assert (g[4:6, 5:8] == 0).all() and (g[0] == 0).all()             # empty 4th tile and padding are black
+    gray = image_grid(torch.linspace(-1, 1, 4).view(1, 1, 2, 2), pad=0)
+    assert gray.shape == (2, 2, 3) and (gray[..., 0] == gray[..., 2]).all() and gray.ravel()[[0, -1]].tolist() == [0, 255]
+    with pytest.raises(ValueError, match="inf"): image_grid(torch.full((1, 1, 2, 2), float("inf")))
+    with pytest.raises(ValueError, match="C=2"): image_grid(torch.zeros(1, 2, 2, 2))
+
+def test_to_floats_and_labels():
+    assert _to_floats([torch.tensor(1.5, dtype=torch.bfloat16), 2, torch.tensor([0.25])]) == [1.5, 2.0, 0.25]
+    assert sample_class_labels(7, 3).tolist() == [0, 1, 2, 0, 1, 2, 0] and sample_class_labels(3, None) is None
+
+def test_bad_parameters_name_themselves():
+    for kw, name in [({"min_interval_s": -1}, "min_interval_s"), ({"smoothing": 1.5}, "beta"), ({"max_points": 1}, "max_points"),
+                     ({"sample_every_n_steps": -3}, "sample_every_n_steps"), ({"n_samples": 0}, "n_samples"),
+                     ({"max_draw_fraction": 0}, "max_draw_fraction")]:
+        with pytest.raises(ValueError, match=name): LiveTrainingView(**kw)
+    with pytest.raises(TypeError, match="trainer"): fit_in_background("not a trainer", toy_engine())
+
+
+# --- the view on real training runs ----------------------------------------------------------------------------------
+def test_view_records_every_step_and_draws_them():
+    pl.seed_everything(0, verbose=False)
+    view, rec = LiveTrainingView(sample_every_n_steps=None), LossRecorder()
+    trainer(60, view, rec).fit(toy_engine(), train_dataloaders=toy_batches())
+    n = 60
+    assert view.steps == list(range(1, n + 1)) and view.errors == 0
+    assert 1 <= view.pushes <= n
+    assert view.series["train/loss"] == rec.losses                                   # exactly what was logged
+    assert len(view.loss_smooth) == n
+    traces = [t for t in view.fig.data if t.type == "scatter"]
+    assert len(traces) == 3 + 5                                                      # loss, smoothed, lr + 5 σ buckets
+    for t in traces: assert len(t.y) == n and len(t.x) == n, t.name
+    np.testing.assert_array_equal(view.traces["loss"].y, rec.losses)
+    assert view.series["train/lr"][:3] == pytest.approx([3e-4, 6e-4, 9e-4])           # warm-up, as logged before each step
+    assert not view.training and view.button.disabled
+
+def test_collecting_adds_no_metric_recomputation_and_no_item_calls(monkeypatch):
+    "Per step the view neither reads the `callback_metrics` property (Lightning would recompute all metrics) nor calls `.item()`."
+    counts = {"cm": 0, "item": 0}
+    cm, item = pl.Trainer.callback_metrics, torch.Tensor.item
+    monkeypatch.setattr(pl.Trainer, "callback_metrics", property(lambda self: (counts.__setitem__("cm", counts["cm"] + 1), cm.fget(self))[1]))
+    monkeypatch.setattr(torch.Tensor, "item", lambda self: (counts.__setitem__("item", counts["item"] + 1), item(self))[1])
+    def run(*cbs):
+        counts.update(cm=0, item=0); pl.seed_everything(0, verbose=False)
+        trainer(40, *cbs).fit(toy_engine(), train_dataloaders=toy_batches())
+        return dict(counts)
+    without, view = run(), LiveTrainingView(sample_every_n_steps=None, min_interval_s=0)
+    with_view = run(view)
+    assert len(view.steps) == 40 and view.pushes >= 2 and view._metrics_live
+    assert with_view["cm"] - without["cm"] <= 2                  # on_train_start + the one check that the dict is live
+    assert with_view["item"] - without["item"] <= 2              # only what those two reads make Lightning do; none per step
+
+def test_bucket_values_match_the_engine_and_gaps_are_nan():
+    "Compare with what the engine passed to self.log, step by step."
+    class LoggingEngine(DiffusionEngine):
+        logged = {}
+        def log(self, name, value, *args, **kw):
+            if name.startswith("loss_sigma/"): self.logged.setdefault(self.global_step + 1, {})[name] = float(value)
+            return super().log(name, value, *args, **kw)
+    pl.seed_everything(1, verbose=False)
+    m = LoggingEngine(TinyNet(), Denoiser(EDMScaling(0.5)), StandardDiffusionLoss(EDMSampling(), EDMWeighting(0.5)), lr=3e-3)
+    view = LiveTrainingView(sample_every_n_steps=None)
+    trainer(80, view).fit(m, train_dataloaders=toy_batches())              # 8 batches an epoch: crosses epoch ends
+    assert sorted(m.logged) == view.steps == list(range(1, 81))
+    for k, col in view.series.items():
+        if k.startswith("loss_sigma/"):
+            np.testing.assert_array_equal(col, [m.logged[s].get(k, math.nan) for s in view.steps], err_msg=k)
+    assert np.isnan(view.series["loss_sigma/sigma_0-0.01"]).any()                     # σ < 0.01 is missing in some batches
+
+def test_figure_update_errors_never_stop_training(monkeypatch):
+    def broken(self, *args, **kw): raise RuntimeError("boom in plotly_restyle")
+    view = LiveTrainingView(sample_every_n_steps=None, min_interval_s=0)
+    monkeypatch.setattr(type(view.fig), "plotly_restyle", broken)        # the real figure-update path
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        t = trainer(25, view); t.fit(toy_engine(), train_dataloaders=toy_batches())
+    assert t.global_step == 25 and len(view.steps) == 25
+    assert view.pushes == 0 and view.errors >= 2 and "boom" in str(view.last_error)
+    assert len([w for w in caught if "LiveTrainingView" in str(w.message)]) == 1
+
+def test_recording_errors_never_stop_training():
+    class Exploding(LiveTrainingView):
+        def _record(self, trainer): raise KeyError("no metrics")
+    view = Exploding(sample_every_n_steps=None)
+    with pytest.warns(RuntimeWarning, match="no metrics"):
+        t = trainer(10, view); t.fit(toy_engine(), train_dataloaders=toy_batches())
+    assert t.global_step == 10 and view.errors >= 10
+
+def test_sample_grid_every_n_steps_does_not_change_training():
+    def run(*cbs):
+        pl.seed_everything(3, verbose=False)
+        m = toy_engine(sampler=EulerEDMSampler(num_steps=4))
+        trainer(20, *cbs).fit(m, train_dataloaders=toy_batches())
+        return torch.cat([p.detach().flatten() for p in m.parameters()])
+    view = LiveTrainingView(sample_every_n_steps=5, n_samples=6, min_interval_s=0)
+    assert torch.equal(run(), run(view))
+    assert view.samples_drawn == 4 and view.errors == 0
+    assert view._grid.shape == (2 * 3 + 1, 3 * 3 + 1, 3)                                # 6 samples of 2×2, 3 per row
+    assert view.traces["samples"].source.startswith("data:image/png;base64,")
+
+def test_no_sampler_no_grid():
+    view = LiveTrainingView(sample_every_n_steps=2)
+    trainer(6, view).fit(toy_engine(), train_dataloaders=toy_batches())
+    assert view.samples_drawn == 0 and view.errors == 0
+
+def test_class_conditional_grid_cycles_through_classes():
+    class Emb(nn.Module): input_key, n_classes = "cls", 3
+    class Cond(nn.Module):
+        def __init__(self): super().__init__(); self.embedders = nn.ModuleList([Emb()])
+    class Module:
+        conditioner, sampler, device, calls = Cond(), object(), torch.device("cpu"), []
+        def generate(self, n, class_labels=None, use_ema=True, seed=None):
+            self.calls.append((n, class_labels, seed)); return torch.zeros(n, 1, 4, 4)
+    m, view = Module(), LiveTrainingView(n_samples=5, sample_seed=7)
+    assert _num_classes(m) == 3
+    view._sample(type("T", (), {"global_step": 10})(), m)
+    n, labels, seed = m.calls[0]
+    assert (n, labels.tolist(), seed) == (5, [0, 1, 2, 0, 1], 7)
+    view2 = LiveTrainingView(n_samples=2, class_labels=[4, 4]); view2._sample(type("T", (), {"global_step": 3})(), m)
+    assert m.calls[1][1] == [4, 4]
+
+
+# --- background fits and the Stop button -------------------------------------------------------------------------------
+def test_background_fit_finishes():
+    view = LiveTrainingView(sample_every_n_steps=None)
+    handle = fit_in_background(trainer(40, view), toy_engine(), train_dataloaders=toy_batches())
+    assert isinstance(handle, BackgroundFit)
+    assert handle.join(timeout=120) is True
+    assert handle.done and handle.exception is None and handle.trainer.global_step == 40
+    assert len(view.steps) == 40 and "done" in repr(handle)
+    assert handle._stop_flag not in handle.trainer.callbacks                               # the trainer is left as it was
+
+def test_stop_button_stops_a_background_fit_and_saves_a_resumable_checkpoint(tmp_path):
+    pl.seed_everything(0, verbose=False)
+    view = LiveTrainingView(sample_every_n_steps=None, checkpoint_dir=str(tmp_path / "stopped"))
+    handle = fit_in_background(trainer(1_000_000, view), toy_engine(), train_dataloaders=toy_batches())
+    assert wait_for(lambda: not view.button.disabled and len(view.steps) + len(view._pending) >= 20)
+    view.button.click()                                                                    # what a click in the browser does
+    assert handle.join(timeout=120) and handle.exception is None
+    step = handle.trainer.global_step
+    assert 20 <= step < 1_000_000 and view.steps[-1] == step
+    path = str(tmp_path / "stopped" / f"stopped-step={step}.ckpt")
+    assert view.stopped_checkpoint == path and os.path.isfile(path)
+    resumed = trainer(step + 5)
+    resumed.fit(toy_engine(), train_dataloaders=toy_batches(), ckpt_path=path, weights_only=False)
+    assert resumed.global_step == step + 5
+
+def test_stop_uses_the_model_checkpoint_dir_and_handle_stop(tmp_path):
+    view = LiveTrainingView(sample_every_n_steps=None)
+    t = trainer(1_000_000, view, ModelCheckpoint(dirpath=str(tmp_path), every_n_train_steps=10_000), enable_checkpointing=True)
+    handle = fit_in_background(t, toy_engine(), train_dataloaders=toy_batches())
+    assert wait_for(lambda: len(view.steps) + len(view._pending) >= 5)
+    handle.stop()
+    assert handle.join(timeout=120) and handle.exception is None
+    assert glob.glob(str(tmp_path / "stopped-step=*.ckpt")) == [view.stopped_checkpoint]
+
+def test_handle_stop_without_a_view_and_before_training_starts():
+    t = trainer(1_000_000)
+    handle = fit_in_background(t, toy_engine(), train_dataloaders=toy_batches())
+    handle.stop()                                                       # possibly before fit() has even reset should_stop
+    assert handle.join(timeout=120) and handle.exception is None
+    assert 1 <= t.global_step < 1_000_000
+
+def test_background_fit_reports_the_exception():
+    view = LiveTrainingView(sample_every_n_steps=None)
+    handle = fit_in_background(trainer(5, view), toy_engine(NaNNet()), train_dataloaders=toy_batches())
+    assert handle.join(timeout=120)
+    assert isinstance(handle.exception, NonFiniteLossError) and "failed: NonFiniteLossError" in repr(handle)
+    assert not view.training and view.button.disabled
+
+def test_progress_bar_warning():
+    t = pl.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_model_summary=False)
+    with pytest.warns(UserWarning, match="enable_progress_bar=False"):
+        handle = fit_in_background(t, toy_engine(), train_dataloaders=toy_batches())
+    assert handle.join(timeout=120) and handle.exception is None
