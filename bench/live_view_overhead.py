@@ -12,7 +12,7 @@ measurement inside a real IPython kernel (jupyter_client), where every redraw is
 Prints markdown rows; `--append FILE` adds them to FILE under the heading "Live view overhead" (created, with
 the table header, if missing). Target: ≤ 2 % on this CPU machine.
 
-    python bench/live_view_overhead.py [--models toy,unet] [--steps 400] [--warmup 40] [--repeats 4] [--append BENCHMARKS.md]
+    python bench/live_view_overhead.py [--models toy,unet] [--steps 300] [--warmup 40] [--repeats 8] [--append BENCHMARKS.md]
 """
 import argparse, datetime, fcntl, json, os, platform, shlex, statistics, sys, time
 from pathlib import Path
@@ -21,12 +21,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # bench this checkout's diffexplore
 
 HEADING = "## Live view overhead"
-HEADER = ("| date | machine | command | model | where | steps × runs | ms/step off | ms/step on | overhead | paired overhead "
-          "(min…max) | view hooks ms/step | redraws/run |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
+HEADER = ("| date | machine | command | model | where | steps × runs | wall ms/step off / on | wall overhead | CPU ms/step off / on "
+          "| CPU overhead (paired min…max) | view hooks ms/step | redraws/run |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
 INTRO = ("Training step time with and without `LiveTrainingView()` (defaults: redraw ≥ 0.25 s apart and ≤ 1 % of the\n"
          "time; no sample grid: the engines have no sampler), CPU, one torch thread, runs interleaved, warm-up excluded.\n"
-         "`overhead` compares the medians of the runs' mean step times; `view hooks` is the time spent inside the\n"
-         "view's per-step hook (collecting + redraws). Target: ≤ 2 %.\n\n"
+         "Overheads compare the medians over runs of the mean step time, wall-clock and process CPU time (CPU time is\n"
+         "less disturbed by other processes on a shared machine); `view hooks` is the wall time spent inside the\n"
+         "view's per-step hooks (collecting + redraws), the most direct measure. Target: ≤ 2 %.\n\n"
          "    python bench/live_view_overhead.py --append BENCHMARKS.md\n")
 
 
@@ -40,8 +41,13 @@ def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} CPUs, {model}"
 
 
+def gpu_name() -> str:
+    import torch
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+
+
 # --- the two training set-ups ----------------------------------------------------------------------------------------
-def make_engine(model: str):
+def make_engine(model: str, **engine_kw):
     "(engine, dataloader) for 'toy' (MLP, 4 pixels, batch 64) or 'unet' (UNet2DModel 16/32 channels, 16×16, batch 16)."
     import torch
     from torch import nn
@@ -79,22 +85,29 @@ def make_engine(model: str):
         net, batch_size = SmallUNet(), 16
     else: raise ValueError(f"model must be 'toy' or 'unet'; got model={model!r}")
     engine = DiffusionEngine(net, Denoiser(EDMScaling(0.5)), StandardDiffusionLoss(EDMSampling(), EDMWeighting(0.5)),
-                             lr=1e-3, warmup_steps=10, ema_decay_rate=0.999)
+                             lr=1e-3, warmup_steps=10, ema_decay_rate=0.999, **engine_kw)
     loader = torch.utils.data.DataLoader([{"jpg": xi} for xi in x], batch_size=batch_size, shuffle=True, drop_last=True)
     return engine, loader
 
 
-def run(model: str, with_view: bool, steps: int, warmup: int, seed: int = 0) -> dict:
-    "One fit of `warmup + steps` steps; mean seconds per step after warm-up, the view's hook seconds per step, redraws."
+def run(model: str, with_view: bool, steps: int, warmup: int, seed: int = 0, accelerator: str = "cpu",
+        precision: str = "32-true", count_syncs: bool = False, engine_kw: dict = None) -> dict:
+    """One fit of `warmup + steps` steps; mean seconds per step after warm-up, the view's hook seconds per step, redraws.
+
+    `count_syncs` (CUDA): count host-device synchronisations per timed step instead (`torch.cuda.set_sync_debug_mode`)."""
     import torch, lightning.pytorch as pl
     from diffexplore.live import LiveTrainingView
 
     class StepTimer(pl.Callback):
         def __init__(self): self.t = []
-        def on_train_batch_end(self, *args): self.t.append(time.perf_counter())
+        def on_train_batch_end(self, *args):
+            if accelerator == "gpu" and not count_syncs and len(self.t) + 1 in (warmup, warmup + steps):
+                torch.cuda.synchronize()  # the timed window holds all of its steps' GPU work
+            self.t.append((time.perf_counter(), time.process_time()))
+            if count_syncs and len(self.t) == warmup: torch.cuda.set_sync_debug_mode("warn")
 
     pl.seed_everything(seed, verbose=False)
-    engine, loader = make_engine(model)
+    engine, loader = make_engine(model, **(engine_kw or {}))
     timer, callbacks, hook = StepTimer(), [], {"s": 0.0, "n": 0, "pushes0": None}
     if with_view:
         view = LiveTrainingView(sample_every_n_steps=None)
@@ -110,46 +123,62 @@ def run(model: str, with_view: bool, steps: int, warmup: int, seed: int = 0) -> 
         view.on_train_batch_end = timed(view.on_train_batch_end, True)
         callbacks.append(view)
     callbacks.append(timer)  # last: its time stamp includes the view's hook
-    trainer = pl.Trainer(max_steps=warmup + steps, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks)
+    trainer = pl.Trainer(max_steps=warmup + steps, accelerator=accelerator, devices=1, precision=precision, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks)
+    if count_syncs:
+        import warnings
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try: trainer.fit(engine, train_dataloaders=loader)
+            finally: torch.cuda.set_sync_debug_mode(0)
+        syncs = [w for w in caught if "synchroniz" in str(w.message)]
+        return {"syncs_per_step": len(syncs) / steps, "sync_sites": sorted({str(w.message)[:80] + f" @ {w.filename.split('/')[-1]}:{w.lineno}" for w in syncs})}
     trainer.fit(engine, train_dataloaders=loader)
     assert len(timer.t) == warmup + steps
-    out = {"s_per_step": (timer.t[-1] - timer.t[warmup - 1]) / steps}
+    (w0, c0), (w1, c1) = timer.t[warmup - 1], timer.t[-1]
+    out = {"s_per_step": (w1 - w0) / steps, "cpu_s_per_step": (c1 - c0) / steps}
     if with_view:
         assert len(view.steps) == warmup + steps and view.errors == 0, (len(view.steps), view.errors, view.last_error)
         out.update(hook_s_per_step=hook["s"] / max(hook["n"], 1), redraws=view.pushes - 1 - (hook["pushes0"] or 0))
     return out
 
 
-def measure(models, steps: int, warmup: int, repeats: int, threads: int) -> list:
-    "Interleaved runs (off, on, on, off, ...) per model; one result dict per model."
+def measure(models, steps: int, warmup: int, repeats: int, threads: int, accelerator: str = "cpu", precision: str = "32-true",
+            engine_kw: dict = None) -> list:
+    "Interleaved runs (off, on, on, off, ...) per model; one result dict per model (on CUDA also host syncs per step)."
     import torch
     torch.set_num_threads(threads)
+    kw = dict(accelerator=accelerator, precision=precision, engine_kw=engine_kw)
     results = []
     for model in models:
-        run(model, False, 5, 5)  # import and first-call costs outside the measurement
+        run(model, False, 5, 5, **kw)  # import and first-call costs outside the measurement
         off, on = [], []
         for r in range(repeats):
             order = (False, True) if r % 2 == 0 else (True, False)
-            for v in order: (on if v else off).append(run(model, v, steps, warmup, seed=r))
+            for v in order: (on if v else off).append(run(model, v, steps, warmup, seed=r, **kw))
         results.append({"model": model, "off": off, "on": on})
-        print(f"{model}: off {[round(x['s_per_step'] * 1e3, 3) for x in off]} ms, on {[round(x['s_per_step'] * 1e3, 3) for x in on]} ms",
-              file=sys.stderr)
+        if accelerator == "gpu":
+            results[-1]["syncs"] = {v: run(model, v == "on", 50, warmup, **kw, count_syncs=True) for v in ("off", "on")}
+            print(f"{model} host syncs per step: {json.dumps(results[-1]['syncs'], indent=1)}", file=sys.stderr)
+        for k in ("s_per_step", "cpu_s_per_step"):
+            print(f"{model} {k}: off {[round(x[k] * 1e3, 3) for x in off]} ms, on {[round(x[k] * 1e3, 3) for x in on]} ms", file=sys.stderr)
     return results
 
 
 def rows(results, steps, repeats, where, command) -> list:
     date = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    med = lambda runs, k: statistics.median(x[k] * 1e3 for x in runs)
     out = []
     for r in results:
-        off = [x["s_per_step"] * 1e3 for x in r["off"]]; on = [x["s_per_step"] * 1e3 for x in r["on"]]
-        m_off, m_on = statistics.median(off), statistics.median(on)
-        paired = [b / a - 1 for a, b in zip(off, on)]
-        hook = statistics.median(x["hook_s_per_step"] * 1e3 for x in r["on"])
-        redraws = statistics.median(x["redraws"] for x in r["on"])
-        out.append(f"| {date} | {machine()} | `{command}` | {r['model']} | {where} | {steps} × {repeats} | {m_off:.3f} | {m_on:.3f} | "
-                   f"{100 * (m_on / m_off - 1):+.2f} % | {100 * statistics.median(paired):+.2f} % "
-                   f"({100 * min(paired):+.1f}…{100 * max(paired):+.1f}) | {hook:.3f} ({100 * hook / m_on:.2f} %) | {redraws:g} |")
+        off, on = r["off"], r["on"]
+        paired = [b["cpu_s_per_step"] / a["cpu_s_per_step"] - 1 for a, b in zip(off, on)]
+        hook = med(on, "hook_s_per_step")
+        syncs = "" if "syncs" not in r else f"; host syncs/step off/on: {r['syncs']['off']['syncs_per_step']:.2f}/{r['syncs']['on']['syncs_per_step']:.2f}"
+        out.append(f"| {date} | {machine()} | `{command}` | {r['model']} | {where}{syncs} | {steps} × {repeats} | "
+                   f"{med(off, 's_per_step'):.3f} / {med(on, 's_per_step'):.3f} | {100 * (med(on, 's_per_step') / med(off, 's_per_step') - 1):+.2f} % | "
+                   f"{med(off, 'cpu_s_per_step'):.3f} / {med(on, 'cpu_s_per_step'):.3f} | "
+                   f"{100 * (med(on, 'cpu_s_per_step') / med(off, 'cpu_s_per_step') - 1):+.2f} % ({100 * min(paired):+.1f}…{100 * max(paired):+.1f}) | "
+                   f"{hook:.3f} ({100 * hook / med(on, 's_per_step'):.2f} %) | {statistics.median(x['redraws'] for x in on):g} |")
     return out
 
 
@@ -161,7 +190,7 @@ def measure_in_kernel(argv: list) -> list:
         code = (f"import sys, json, importlib.util; sys.path.insert(0, {str(ROOT)!r})\n"
                 f"spec = importlib.util.spec_from_file_location('live_view_overhead', {__file__!r})\n"
                 f"b = importlib.util.module_from_spec(spec); spec.loader.exec_module(b); a = b.parse({argv!r})\n"
-                f"print('RESULTS' + json.dumps(b.measure(a.models.split(','), a.steps, a.warmup, a.repeats, a.threads)))")
+                f"print('RESULTS' + json.dumps(b.measure(a.models.split(','), a.steps, a.warmup, a.repeats, a.threads, a.accelerator, a.precision, json.loads(a.engine_kw))))")
         chunks = []
         def hook(msg):
             if msg["msg_type"] == "stream": chunks.append(msg["content"]["text"])
@@ -169,7 +198,9 @@ def measure_in_kernel(argv: list) -> list:
         reply = kc.execute_interactive(code, output_hook=hook, timeout=3600)
         text = "".join(chunks)
         if reply["content"]["status"] != "ok": raise RuntimeError(text[-3000:])
-        return json.loads(text.split("RESULTS", 1)[1].split("\n", 1)[0])
+        before, after = text.split("RESULTS", 1)
+        print("\n".join(l for l in before.split("\n") if "_per_step" in l), file=sys.stderr)
+        return json.loads(after.split("\n", 1)[0])
     finally:
         kc.stop_channels(); km.shutdown_kernel(now=True)
 
@@ -194,12 +225,16 @@ def append(path: str, lines_to_add: list):
 def parse(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default="toy,unet", help="comma-separated: toy, unet")
-    ap.add_argument("--steps", type=int, default=400, help="timed steps per run (after warm-up)")
+    ap.add_argument("--steps", type=int, default=300, help="timed steps per run (after warm-up)")
     ap.add_argument("--warmup", type=int, default=40, help="steps per run excluded from timing")
-    ap.add_argument("--repeats", type=int, default=4, help="runs per variant (interleaved)")
+    ap.add_argument("--repeats", type=int, default=8, help="runs per variant (interleaved)")
     ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    ap.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu"], help="gpu: one CUDA device (also counts host syncs)")
+    ap.add_argument("--precision", default="32-true", help="Trainer precision, e.g. bf16-mixed on a GPU")
+    ap.add_argument("--engine-kw", default="{}", help='JSON keyword arguments for DiffusionEngine, e.g. \'{"compile_step": false}\'')
     ap.add_argument("--in-kernel", action="store_true", help="measure inside an IPython kernel (comm messages sent)")
     ap.add_argument("--append", metavar="FILE", help="add the rows to FILE under 'Live view overhead'")
+    ap.add_argument("--out", metavar="DIR", help="also write the raw results as DIR/live_view_overhead.json")
     return ap.parse_args(argv)
 
 
@@ -209,7 +244,11 @@ if __name__ == "__main__":
     if args.in_kernel:
         results = measure_in_kernel([a for a in sys.argv[1:] if a != "--in-kernel"])
     else:
-        results = measure(args.models.split(","), args.steps, args.warmup, args.repeats, args.threads)
-    rs = rows(results, args.steps, args.repeats, "IPython kernel" if args.in_kernel else "plain process", command)
+        results = measure(args.models.split(","), args.steps, args.warmup, args.repeats, args.threads, args.accelerator,
+                          args.precision, json.loads(args.engine_kw))
+    where = ("IPython kernel" if args.in_kernel else "plain process") + ("" if args.accelerator == "cpu" else f", {gpu_name()} {args.precision}") \
+        + ("" if args.engine_kw.strip() in ("", "{}") else f", engine {args.engine_kw}")
+    rs = rows(results, args.steps, args.repeats, where, command)
+    if args.out: Path(args.out).mkdir(parents=True, exist_ok=True); (Path(args.out) / "live_view_overhead.json").write_text(json.dumps(results, indent=1))
     print(HEADER); print("\n".join(rs))
     if args.append: append(args.append, rs)

@@ -66,7 +66,8 @@ ROWS = [
     ("a-bf16-compile", "hand", "(a) hand-written loop, bf16 + torch.compile(unet)", dict(precision="bf16", compile=True)),
     ("c-compile", "engine", "(c) + compile_step (whole loss: preconditioning, network, loss; fwd+bwd)", dict(precision="bf16", compile_step=True, profile=True)),
     ("c-cudagraphs", "engine", "(c) + compile_step + cuda_graphs (mode reduce-overhead)", dict(precision="bf16", compile_step=True, cuda_graphs=True)),
-    ("c-big-batch", "engine", "(c) fastest: compile_step (+ cuda_graphs if faster), 2× batch", dict(precision="bf16", compile_step=True, big_batch=True)),
+    ("c-big-batch", "engine", "(c) fastest: compile_step + cuda_graphs, 2× batch", dict(precision="bf16", compile_step=True, cuda_graphs=True, big_batch=True)),
+    ("c-big-batch-nocg", "engine", "(c) compile_step, 2× batch, no CUDA graphs", dict(precision="bf16", compile_step=True, big_batch=True)),
 ]
 
 def log(*a): print(time.strftime("%H:%M:%S"), *a, flush=True)
@@ -199,14 +200,17 @@ CATEGORIES = [("gemm/conv", ("gemm", "conv", "cutlass", "sm90", "xmma", "cudnn",
 def profile_summary(prof, title, steps) -> str:
     ka = prof.key_averages()
     attr = "self_device_time_total" if hasattr(next(iter(ka)), "self_device_time_total") else "self_cuda_time_total"
-    kernels = [e for e in ka if getattr(e, attr, 0) > 0 and e.key and not e.key.startswith("aten::")]
+    # GPU kernels only: no CPU time of their own; not aten ops, not user ranges such as "Optimizer.step#AdamW.step"
+    kernels = [e for e in ka if getattr(e, attr, 0) > 0 and e.self_cpu_time_total == 0 and "#" not in e.key
+               and not e.key.startswith(("aten::", "ProfilerStep", "Optimizer", "autograd::"))]
     total = sum(getattr(e, attr) for e in kernels)
     cats = {}
     for e in kernels:
         name = e.key.lower()
         cat = next((c for c, pats in CATEGORIES if any(p in name for p in pats)), "other elementwise")
         cats[cat] = cats.get(cat, 0) + getattr(e, attr)
-    lines = [f"=== {title}: {steps} profiled steps; GPU kernel time {total / 1e3 / max(steps, 1):.1f} ms/step ===",
+    lines = [f"=== {title}: {steps} profiled steps; GPU kernel time {total / 1e3 / max(steps, 1):.1f} ms/step "
+             f"(compare with the unprofiled ms/step: the rest is GPU idle) ===",
              "GPU time by kernel category (ms/step, share):"]
     for c, v in sorted(cats.items(), key=lambda kv: -kv[1]):
         lines.append(f"  {c:20s} {v / 1e3 / max(steps, 1):8.2f} ms  {100 * v / max(total, 1):5.1f}%")
@@ -222,7 +226,7 @@ def free_memory():
     except Exception: pass
     if torch.cuda.is_available(): torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats()
 
-def run_row(model_name, spec, row, device, flops_base, peak, args, best):
+def run_row(model_name, spec, row, device, flops_base, peak, args):
     rid, kind, what, st = row
     batch = spec["big_batch"] if st.get("big_batch") else spec["batch"]
     pl.seed_everything(0, verbose=False)
@@ -236,7 +240,6 @@ def run_row(model_name, spec, row, device, flops_base, peak, args, best):
     else:
         kw = {k: v for k, v in st.items() if k in ("sync_checks", "fused_optimizer", "compile_step", "cuda_graphs", "channels_last")}
         kw.setdefault("compile_step", False); kw.setdefault("cuda_graphs", False)
-        if st.get("big_batch") and best.get("cuda_graphs"): kw["cuda_graphs"] = True
         prof = run_engine(unet, x, w, st["precision"], profile_steps=prof_steps, **kw)
     secs = w.seconds()
     if len(secs) < args.windows: raise RuntimeError(f"only {len(secs)} timing windows recorded")
@@ -249,7 +252,6 @@ def run_row(model_name, spec, row, device, flops_base, peak, args, best):
                peak_mem_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None,
                warmup_s=round(w.t_warm_end - t0, 1), settings={k: v for k, v in st.items() if k != "profile"},
                command=f"python bench/train_throughput.py --models {model_name} --rows {rid}")
-    if kind == "engine" and st.get("big_batch"): res["settings"]["cuda_graphs"] = bool(best.get("cuda_graphs"))
     text = profile_summary(prof, f"{model_name} {rid}", prof_steps) if prof is not None else None
     del unet, x, prof
     return res, text
@@ -305,7 +307,7 @@ def main(argv=None):
     meta["matmul_tflops"] = matmul_tflops(device); log(f"bf16 matmul: {meta['matmul_tflops']:.0f} TFLOP/s")
     specs = SMOKE if args.smoke else MODELS
     wanted = args.rows.split(",") if args.rows else None
-    results, profiles, best = [], [], {}
+    results, profiles = [], []
     compile_cost = args.compile_estimate
     def write():
         (out / "results.json").write_text(json.dumps(dict(meta=meta, results=results), indent=2))
@@ -320,7 +322,6 @@ def main(argv=None):
                                  batch=spec["batch"], tflop_per_step=flops / 1e12)
         log(f"{m}: {count_params(unet):,} parameters, {flops / 1e12:.2f} TFLOP per step at batch {spec['batch']}")
         del unet, x; free_memory()
-        best.clear()
         by_id = {r[0]: r for r in ROWS}
         order = [w_.split(":")[-1] for w_ in wanted if ":" not in w_ or w_.startswith(m + ":")] if wanted else list(by_id)
         for rid in order:
@@ -332,14 +333,12 @@ def main(argv=None):
                 log(f"skip {m} {rid}: {left:.0f} s left, needs ~{est:.0f} s"); results.append(dict(model=m, row=rid, what=row[2], error=f"not run: {left:.0f} s left of the deadline")); write(); continue
             log(f"run {m} {rid} ...")
             try:
-                res, text = run_row(m, spec, row, device, flops, meta["matmul_tflops"], args, best)
+                res, text = run_row(m, spec, row, device, flops, meta["matmul_tflops"], args)
                 results.append(res)
                 if text: profiles.append(text)
                 log(f"  {rid}: {res['img_s']:,.0f} img/s ({res['img_s_min']:,.0f}-{res['img_s_max']:,.0f}), {res['ms_step']} ms/step, "
                     f"{res['tflops']} TFLOP/s, MFU {100 * res['mfu']:.1f}%, peak {res['peak_mem_gib']} GiB, warm-up {res['warmup_s']} s")
                 if compiled: compile_cost = max(60.0, 1.3 * res["warmup_s"] + 30)
-                if rid == "c-compile": best["compile"] = res["img_s"]
-                if rid == "c-cudagraphs": best["cuda_graphs"] = res["img_s"] > best.get("compile", 0)
             except Exception as e:
                 traceback.print_exc()
                 results.append(dict(model=m, row=rid, what=row[2], error=f"{type(e).__name__}: {e}"))

@@ -86,3 +86,8 @@ def test_resume_is_exact(tmp_path):
     assert int(s1[2]["model_ema.num_updates"]) == 6
     assert [float(x) for x in s1[3]] == [float(x) for x in s2[3]] == [6.0] * len(s1[3])
     assert s1[4]["last_epoch"] == s2[4]["last_epoch"]
+
+
+def test_existing_run_dir_is_not_overwritten(run20, capsys):
+    assert main(["train", "--config", str(CONFIG), "--run-dir", str(run20), "trainer.max_steps=2", *TINY]) == 2
+    assert "--resume" in capsys.readouterr().err
