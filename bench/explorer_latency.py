@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench this checkout's diffexplore
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import machine  # noqa: E402
 
 HEADING = "## Explorer latency"
 HEADER = ("| date | machine | command | σ moves | median ms | p90 ms |\n"
@@ -20,16 +22,6 @@ HEADER = ("| date | machine | command | σ moves | median ms | p90 ms |\n"
 INTRO = ("σ-slider move in `ScalingExplorer()` (5 scalings × 400 σ points) → all marker traces and the readout\n"
          "updated, in a plain Python process (no browser). Target: median ≤ 20 ms.\n\n"
          "    python bench/explorer_latency.py --moves 100 --append BENCHMARKS.md\n")
-
-
-def machine() -> str:
-    "`uname -m`, `nproc` and the CPU model from /proc/cpuinfo."
-    model = "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"): model = line.split(":", 1)[1].strip(); break
-    except OSError: pass
-    return f"{platform.machine()}, {os.cpu_count()} CPUs, {model}"
 
 
 def measure(moves: int = 100, seed: int = 0) -> list:

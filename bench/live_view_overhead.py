@@ -19,6 +19,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # bench this checkout's diffexplore
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import machine  # noqa: E402
 
 HEADING = "## Live view overhead"
 HEADER = ("| date | machine | command | model | where | steps × runs | wall ms/step off / on | wall overhead | CPU ms/step off / on "
@@ -29,16 +31,6 @@ INTRO = ("Training step time with and without `LiveTrainingView()` (defaults: re
          "less disturbed by other processes on a shared machine); `view hooks` is the wall time spent inside the\n"
          "view's per-step hooks (collecting + redraws), the most direct measure. Target: ≤ 2 %.\n\n"
          "    python bench/live_view_overhead.py --append BENCHMARKS.md\n")
-
-
-def machine() -> str:
-    "`uname -m`, `nproc` and the CPU model from /proc/cpuinfo."
-    model = "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"): model = line.split(":", 1)[1].strip(); break
-    except OSError: pass
-    return f"{platform.machine()}, {os.cpu_count()} CPUs, {model}"
 
 
 def gpu_name() -> str:

@@ -91,3 +91,31 @@ def test_resume_is_exact(tmp_path):
 def test_existing_run_dir_is_not_overwritten(run20, capsys):
     assert main(["train", "--config", str(CONFIG), "--run-dir", str(run20), "trainer.max_steps=2", *TINY]) == 2
     assert "--resume" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_interrupt_keeps_a_checkpoint_that_resumes(tmp_path, sig):
+    "Ctrl-C (SIGINT) or a kill (SIGTERM) mid-run leaves interrupted.ckpt; --resume continues from its step."
+    import os, signal, subprocess, sys, time
+    run = tmp_path / "run"
+    args = [sys.executable, "-c", "import sys; from diffexplore.cli import main; sys.exit(main(sys.argv[1:]))",
+            "train", "--config", str(CONFIG), "--run-dir", str(run), "--no-judge", *TINY, "trainer.max_steps=100000",
+            "lightning.sample_every_n_steps=0", "lightning.checkpoint_every_n_steps=100000", "trainer.log_every_n_steps=1",
+            "trainer.enable_progress_bar=false"]
+    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:   # wait until a few steps are logged
+            m = run / "metrics.csv"
+            if m.exists() and len(m.read_text().splitlines()) > 4: break
+            time.sleep(0.5)
+        p.send_signal(getattr(signal, sig))
+        p.wait(timeout=120)
+    finally:
+        if p.poll() is None: p.kill()
+    ck = run / "checkpoints" / "interrupted.ckpt"
+    assert ck.is_file()
+    step = torch.load(ck, map_location="cpu", weights_only=True)["global_step"]
+    assert step >= 1
+    summary = train(load_config(run / "config.yaml", [f"trainer.max_steps={step + 2}"]), run, resume=ck, judge=False)
+    assert summary["global_step"] == step + 2
