@@ -119,3 +119,13 @@ def test_interrupt_keeps_a_checkpoint_that_resumes(tmp_path, sig):
     assert step >= 1
     summary = train(load_config(run / "config.yaml", [f"trainer.max_steps={step + 2}"]), run, resume=ck, judge=False)
     assert summary["global_step"] == step + 2
+
+
+def test_log_images_like_sgm(run20):
+    engine = load_engine(run20 / "checkpoints" / "last.ckpt")
+    from diffexplore.data import DigitsDataModule
+    batch = next(iter(DigitsDataModule(batch_size=16).train_dataloader()))
+    imgs = engine.log_images(batch, N=4)
+    assert set(imgs) == {"inputs", "samples"}       # pixel space: no reconstructions
+    assert imgs["inputs"].shape == imgs["samples"].shape == (4, 1, 8, 8)
+    assert imgs["samples"].min() >= -1 and imgs["samples"].max() <= 1
