@@ -8,7 +8,7 @@ run=/tmp/fashion_run; rm -rf "$run"; mkdir -p "$out"
 start=$(date +%s)
 python3 -c "import sys; from diffexplore.cli import main; sys.exit(main(sys.argv[1:]))" train \
   --config configs/fashion_mnist.yaml --run-dir "$run" data.params.root="$root" \
-  trainer.max_time="00:00:$(printf %02d "$minutes"):00" trainer.enable_progress_bar=false 2>&1 | grep --line-buffered -v -i warn
+  trainer.max_time="00:00:$(printf %02d "$minutes"):00"
 echo "wall seconds (train + judge): $(( $(date +%s) - start ))"
 python3 - "$run" "$out" <<'PY'
 import json, sys, time, torch

@@ -68,6 +68,9 @@ ROWS = [
     ("c-cudagraphs", "engine", "(c) + compile_step + cuda_graphs (mode reduce-overhead)", dict(precision="bf16", compile_step=True, cuda_graphs=True)),
     ("c-big-batch", "engine", "(c) fastest: compile_step + cuda_graphs, 2× batch", dict(precision="bf16", compile_step=True, cuda_graphs=True, big_batch=True)),
     ("c-big-batch-nocg", "engine", "(c) compile_step, 2× batch, no CUDA graphs", dict(precision="bf16", compile_step=True, big_batch=True)),
+    ("c-cudagraphs-cl", "engine", "(c) compile_step + cuda_graphs + channels_last", dict(precision="bf16", compile_step=True, cuda_graphs=True, channels_last=True, profile=True)),
+    ("c-big-batch-cl", "engine", "(c) compile_step + cuda_graphs + channels_last, 2× batch", dict(precision="bf16", compile_step=True, cuda_graphs=True, channels_last=True, big_batch=True)),
+    ("a-bf16-compile-cl", "hand", "(a) hand-written loop, bf16 + torch.compile(unet) + channels_last", dict(precision="bf16", compile=True, channels_last=True)),
 ]
 
 def log(*a): print(time.strftime("%H:%M:%S"), *a, flush=True)
@@ -149,12 +152,12 @@ def run_hand(unet, x, w: Windows, precision, compile=False, profile_steps=0):
 # ------------------------------------------------------------------------------------------------------------
 # (b), (c): DiffusionEngine under Lightning's Trainer
 
-def run_engine(unet, x, w: Windows, precision, profile_steps=0, **engine_kw):
+def run_engine(unet, x, w: Windows, precision, profile_steps=0, devices=1, strategy="auto", **engine_kw):
     engine = DiffusionEngine(OpenAIWrapper(unet), Denoiser(EDMScaling(SIGMA_DATA)),
                              StandardDiffusionLoss(EDMSampling(P_MEAN, P_STD), EDMWeighting(SIGMA_DATA)),
                              lr=LR, ema_decay_rate=EMA, **engine_kw)
     cb = WindowCallback(w, profile_steps)
-    trainer = pl.Trainer(accelerator="gpu" if x.is_cuda else "cpu", devices=1, max_steps=w.total + profile_steps,
+    trainer = pl.Trainer(accelerator="gpu" if x.is_cuda else "cpu", devices=devices, strategy=strategy, max_steps=w.total + profile_steps,
                          precision="bf16-mixed" if precision == "bf16" else "32-true", logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          benchmark=x.is_cuda, callbacks=[cb], num_sanity_val_steps=0)
@@ -236,6 +239,7 @@ def run_row(model_name, spec, row, device, flops_base, peak, args):
     prof_steps = args.profile_steps if st.get("profile") else 0
     t0 = time.perf_counter()
     if kind == "hand":
+        if st.get("channels_last"): unet, x = unet.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
         prof = run_hand(unet, x, w, st["precision"], compile=st.get("compile", False), profile_steps=prof_steps)
     else:
         kw = {k: v for k, v in st.items() if k in ("sync_checks", "fused_optimizer", "compile_step", "cuda_graphs", "channels_last")}
