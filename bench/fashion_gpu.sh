@@ -5,7 +5,7 @@
 set -euo pipefail
 out=${1:?out dir}; minutes=${2:-6}; root=${3:-/usr/share/datasets/fashion-mnist}
 run=/tmp/fashion_run; rm -rf "$run"; mkdir -p "$out"
-start=$(date +%s)
+start=$(date +%s); echo "$(date +%T) fashion_gpu.sh start"
 python3 -c "import sys; from diffexplore.cli import main; sys.exit(main(sys.argv[1:]))" train \
   --config configs/fashion_mnist.yaml --run-dir "$run" data.params.root="$root" \
   trainer.max_time="00:00:$(printf %02d "$minutes"):00"

@@ -218,6 +218,7 @@ def train(cfg: DictConfig, # a loaded config (see `load_config`)
     trainer = make_trainer(cfg, run_dir, num_classes=getattr(dm, "num_classes", None), engine=engine, fast_off=fast_off)
     t0 = time.time()
     trainer.fit(engine, datamodule=dm, ckpt_path=str(resume) if resume else None)
+    engine.to(trainer.strategy.root_device)   # Lightning's teardown moved it to the CPU: judge on the training device
     summary = {"global_step": trainer.global_step, "train_seconds": round(time.time() - t0, 1),
                "final_loss": _float(trainer.callback_metrics.get("train/loss")),
                "checkpoint": str(run_dir / "checkpoints" / "last.ckpt"), "run_dir": str(run_dir)}
