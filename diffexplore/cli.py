@@ -4,7 +4,7 @@
 
 # %% ../nbs/14_cli.ipynb #2136e276
 from __future__ import annotations
-import argparse, difflib, json, math, os, sys, time
+import argparse, difflib, json, math, os, sys, time, types, typing
 from pathlib import Path
 import numpy as np
 import torch
@@ -179,6 +179,18 @@ def _loggers(run_dir: Path):
     except ImportError: pass
     return loggers
 
+def _check_trainer_types(targs: dict) -> None:
+    "`ConfigError` naming the key when a `trainer` setting is text where Lightning takes only numbers or bools (`trainer.max_steps=abc`)."
+    try: hints = typing.get_type_hints(pl.Trainer.__init__)
+    except Exception: return   # unresolvable annotations: leave the checks to Lightning
+    for k, v in targs.items():
+        if not isinstance(v, str) or k not in hints: continue
+        h = hints[k]
+        allowed = set(typing.get_args(h)) if typing.get_origin(h) in (typing.Union, types.UnionType) else {h}
+        if allowed <= {int, float, bool, type(None)}:
+            kinds = " or ".join(sorted(t.__name__ for t in allowed if t is not type(None)))
+            raise ConfigError(f"trainer.{k} must be {kinds}; got trainer.{k}={v!r}")
+
 def make_trainer(cfg: DictConfig, run_dir: Path, num_classes=None, extra_callbacks=(), engine=None, fast_off=()) -> pl.Trainer:
     "A Lightning `Trainer` from the config's `trainer` section, with checkpoints, sample grids and loggers under `run_dir`; on a GPU the fast settings (`fast_gpu_settings`) except those in `fast_off`."
     lcfg = cfg.get("lightning", {}) or {}
@@ -192,6 +204,7 @@ def make_trainer(cfg: DictConfig, run_dir: Path, num_classes=None, extra_callbac
                            per_class=int(lcfg.get("samples_per_class", 8)), num_classes=num_classes),
         *extra_callbacks]
     targs = OmegaConf.to_container(cfg.get("trainer", {}) or {}, resolve=True)
+    _check_trainer_types(targs)
     targs.setdefault("accelerator", "auto"); targs.setdefault("log_every_n_steps", 10)
     targs = fast_gpu_settings(dict(targs, callbacks=callbacks), engine, off=fast_off)
     return pl.Trainer(default_root_dir=str(run_dir), logger=_loggers(run_dir), **targs)
