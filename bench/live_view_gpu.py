@@ -19,12 +19,13 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True); ap.add_argument("--blocks", type=int, default=10)
     ap.add_argument("--block", type=int, default=200); ap.add_argument("--warmup", type=int, default=100); ap.add_argument("--timeout", type=int, default=1200, help="seconds per cell")
+    ap.add_argument("--view-kw", default="{}", help='JSON LiveTrainingView arguments for the GPU run, e.g. \'{"min_interval_s": 5}\'')
     args = ap.parse_args(argv)
     import nbformat
     from nbclient import NotebookClient
     out = Path(args.out); out.mkdir(parents=True, exist_ok=True)
     results = out / "live_view_gpu.json"
-    os.environ.update(LIVE_GPU_BLOCKS=str(args.blocks), LIVE_GPU_BLOCK=str(args.block), LIVE_GPU_WARMUP=str(args.warmup), LIVE_RESULTS=str(results.resolve()),
+    os.environ.update(LIVE_GPU_BLOCKS=str(args.blocks), LIVE_GPU_BLOCK=str(args.block), LIVE_GPU_WARMUP=str(args.warmup), LIVE_RESULTS=str(results.resolve()), LIVE_GPU_VIEW_KW=args.view_kw,
                       PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
     nb = nbformat.read(ROOT / "nbs" / "18_live_gpu.ipynb", as_version=4)
     t0 = time.perf_counter()

@@ -193,7 +193,8 @@ def matmul_tflops(device, n=8192, reps=20) -> float:
 # ------------------------------------------------------------------------------------------------------------
 # profile summary
 
-CATEGORIES = [("gemm/conv", ("gemm", "conv", "cutlass", "sm90", "xmma", "cudnn", "implicit", "wgrad", "dgrad", "fprop", "nchw", "nhwc")),
+CATEGORIES = [("nccl (DDP all-reduce)", ("nccl",)),
+              ("gemm/conv", ("gemm", "conv", "cutlass", "sm90", "xmma", "cudnn", "implicit", "wgrad", "dgrad", "fprop", "nchw", "nhwc")),
               ("attention", ("flash", "fmha", "attention", "sdpa", "efficient")),
               ("optimizer/EMA", ("adam", "foreach", "lerp", "multi_tensor")),
               ("groupnorm", ("group_norm", "groupnorm")),

@@ -134,7 +134,8 @@ class LiveTrainingView(pl.Callback):
     without either, Stop saves nothing). `max_points` (>= 2 or None): points per curve on screen.
     `loss_key`, `lr_key`, `bucket_prefix`: names of the logged metrics (`DiffusionEngine`'s by default).
     Data: `steps` (global step of each recorded batch), `series[metric]` (floats aligned with `steps`, NaN where
-    not logged), `loss_smooth`. Counters: `pushes` (figure updates), `errors`, `samples_drawn`;
+    not logged), `loss_smooth`. Counters: `pushes` (figure updates), `errors`, `samples_drawn` (with `sample_seconds`,
+    the wall seconds each grid took);
     `stopped_checkpoint`: path or None. Raises `ValueError` for bad parameters.
     Source: sgm watches training through `main.py: ImageLogger` and TensorBoard; this is the in-kernel version."""
     def __init__(self, min_interval_s: float = 0.25, smoothing: float = 0.9, sample_every_n_steps: int | None = 200,
@@ -155,6 +156,7 @@ class LiveTrainingView(pl.Callback):
         self.max_draw_fraction, self._draw_s = max_draw_fraction, 0.0
         self.steps, self.series, self.loss_smooth = [], {}, []
         self.pushes = self.errors = self.samples_drawn = 0
+        self.sample_seconds = []
         self.last_error, self.stopped_checkpoint, self.training = None, None, False
         self._pending, self._last_seen, self._smooth_state = [], {}, (0.0, 0.0)
         self._metrics, self._metrics_live, self._unrecorded, self._outputs, self._wanted_keys = {}, False, False, None, {}
@@ -298,10 +300,11 @@ class LiveTrainingView(pl.Callback):
         if getattr(pl_module, "sampler", None) is None or not hasattr(pl_module, "generate"): return
         labels = self.class_labels if self.class_labels is not None else sample_class_labels(self.n_samples, _num_classes(pl_module))
         cuda = [pl_module.device.index or 0] if pl_module.device.type == "cuda" else []
+        t = time.perf_counter()
         with torch.no_grad(), torch.random.fork_rng(devices=cuda):
             images = pl_module.generate(self.n_samples, class_labels=labels, seed=self.sample_seed)
-        self._grid, self._grid_dirty = image_grid(images), True
-        self.samples_drawn += 1
+        self._grid, self._grid_dirty = image_grid(images), True   # image_grid copies to the host: the time is complete
+        self.samples_drawn += 1; self.sample_seconds.append(time.perf_counter() - t)
 
     # --- stopping -------------------------------------------------------------------------------------------
     def request_stop(self):
