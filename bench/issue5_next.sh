@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Issue 5, what is left, on a machine with 2 GPUs, in two calls of under 10 minutes each:
 #   bash bench/issue5_next.sh a OUT   GPU 0: sampling speed eager / compiled / CUDA graphs (bench/sampling_speed.py),
-#                                      then the latent U-Net's missing (c) rows; GPU 1: the live-view notebook with a
-#                                      grid every 300 steps (per-grid seconds), then bench/refit_cudagraphs.py
+#                                      then bench/refit_cudagraphs.py; GPU 1: the live-view notebook with a grid every
+#                                      300 steps (per-grid seconds), then again with redraws ≥ 5 s apart and no grids
 #   bash bench/issue5_next.sh b OUT   DDP on 2 GPUs: NCCL transport (NCCL_DEBUG=INFO), a profile of a DDP step,
-#                                      static graph + bucket view, bf16-compressed all-reduce, the compiled step
+#                                      static graph + bucket view, bf16-compressed all-reduce, the compiled step;
+#                                      then the latent U-Net's missing (c) rows while time is left
 # Same environment as bench/issue5_gpu.sh. Results: OUT/results.tgz and the logs beside it.
 set -uo pipefail
 what=${1:?a or b}; out=${2:?out dir}; deadline=${3:-560}; mkdir -p "$out"
@@ -14,11 +15,11 @@ stamp() { echo "$(date +%T) [+$(( $(date +%s) - start ))s] $*"; }
 if [ "$what" = a ]; then
   (export CUDA_VISIBLE_DEVICES=0
    stamp sampling; timeout 300 python3 bench/sampling_speed.py --out "$out/sampling"; echo "sampling rc=$?"
-   stamp latent; timeout "$(left 20)" python3 bench/train_throughput.py --out "$out/latent" --models latent64 --deadline "$(left 30)" \
-     --compile-estimate 150 --rows c-cudagraphs,c-big-batch,c-channels-last; echo "latent rc=$?"; stamp end) > "$out/gpu0.log" 2>&1 &
-  (export CUDA_VISIBLE_DEVICES=1
-   stamp live; timeout 300 python3 bench/live_view_gpu.py --out "$out/live" --view-kw '{"sample_every_n_steps": 300}'; echo "live rc=$?"
-   stamp refit; timeout "$(left 20)" python3 bench/refit_cudagraphs.py --out "$out/refit" --timeout 120; echo "refit rc=$?"; stamp end) > "$out/gpu1.log" 2>&1 &
+   stamp refit; timeout "$(left 20)" python3 bench/refit_cudagraphs.py --out "$out/refit" --timeout 100; echo "refit rc=$?"; stamp end) > "$out/gpu0.log" 2>&1 &
+  (export CUDA_VISIBLE_DEVICES=1   # does the view's cost follow the number of redraws? (default ≥ 0.25 s apart, then ≥ 5 s)
+   stamp live; timeout 280 python3 bench/live_view_gpu.py --out "$out/live" --view-kw '{"sample_every_n_steps": 300}'; echo "live rc=$?"
+   stamp live-slow; timeout "$(left 20)" python3 bench/live_view_gpu.py --out "$out/live_slow" --view-kw '{"sample_every_n_steps": null, "min_interval_s": 5}'
+   echo "live-slow rc=$?"; stamp end) > "$out/gpu1.log" 2>&1 &
   wait
 else
   ddp() { local t; t=$(left 10); if [ "$t" -lt 60 ]; then stamp "skip ddp $*: ${t}s left"; return; fi
@@ -31,6 +32,8 @@ else
     ddp --devices 1 --engine-kw '{"compile_step": true, "cuda_graphs": false}'
     ddp --devices 2 --engine-kw '{"compile_step": true, "cuda_graphs": false}' --static-graph --bucket-view
   } > "$out/ddp.log" 2>&1
+  t=$(left 20); [ "$t" -gt 200 ] && CUDA_VISIBLE_DEVICES=0 timeout "$t" python3 bench/train_throughput.py --out "$out/latent" --models latent64 \
+    --deadline "$((t - 10))" --compile-estimate 150 --rows c-cudagraphs,c-big-batch,c-channels-last > "$out/latent.log" 2>&1
 fi
 (cd "$out" && tar czf /tmp/results.tgz . && mv /tmp/results.tgz . && find . -mindepth 1 -maxdepth 1 ! -name results.tgz ! -name '*.log' -exec rm -rf {} +)
 for f in "$out"/*.log; do echo "== $f"; tr '\r' '\n' < "$f" | grep -v -i -E "warn|it/s|^\s*$|originates|upsampling.py|is_torch_version" | tail -30; done

@@ -38,7 +38,7 @@ def main(argv=None):
     results.write_text(json.dumps(res, indent=1))
     print(json.dumps(res, indent=1))
     c = res
-    print(f"| {time.strftime('%Y-%m-%d')} | {c['gpu']}; {machine()} | `python bench/live_view_gpu.py --out DIR --blocks {args.blocks} --block {args.block} --warmup {args.warmup}` "
+    print(f"| {time.strftime('%Y-%m-%d')} | {c['gpu']}; {machine()} | `python bench/live_view_gpu.py --out DIR --blocks {args.blocks} --block {args.block} --warmup {args.warmup}{'' if args.view_kw.strip() == '{}' else ' --view-kw ' + repr(args.view_kw)}` "
           f"| {c['batch']} | {c['steps']} | {c['img_s_off']:,.0f} / {c['img_s_on']:,.0f} | {c['cost_pct']:+.2f} % (mean {c['cost_pct_mean']:+.2f} %) "
           f"| {c['hook_ms_per_step']:.3f} | {c['view_updates']} | {c['sample_grids']} |")
 

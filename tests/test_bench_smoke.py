@@ -1,0 +1,42 @@
+"""The GPU bench scripts that reproduce BENCHMARKS.md rows, run in their CPU smoke modes: they must keep working
+between GPU sessions (the numbers themselves come only from the GPU machine)."""
+import json, subprocess, sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args, timeout=600):
+    p = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return p
+
+
+def test_train_throughput_smoke(tmp_path):
+    run("bench/train_throughput.py", "--smoke", "--out", str(tmp_path), "--models", "cifar10", "--rows", "a-bf16,b-bf16")
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert [r["row"] for r in res["results"]] == ["a-bf16", "b-bf16"]
+    assert all(r["img_s"] > 0 and r["ms_step"] > 0 for r in res["results"])
+    assert "b-bf16/a-bf16" in (tmp_path / "results.md").read_text()
+
+
+def test_ddp_scaling_smoke_two_processes(tmp_path):
+    "Two CPU processes (gloo) through Lightning's DDP launcher, with the DDP options and a profile."
+    run("bench/ddp_scaling.py", "--smoke", "--devices", "2", "--static-graph", "--bucket-view", "--profile-steps", "1", "--out", str(tmp_path))
+    res = json.loads((tmp_path / "ddp_cifar10_2gpu_static_graph_gradient_as_bucket_view.json").read_text())
+    assert res["devices"] == 2 and res["img_s"] > 0 and res["ddp"] == {"static_graph": True, "gradient_as_bucket_view": True}
+    assert "profiled steps" in (tmp_path / "ddp_cifar10_2gpu_static_graph_gradient_as_bucket_view_profile.txt").read_text()
+
+
+def test_sampling_speed_smoke(tmp_path):
+    run("bench/sampling_speed.py", "--smoke", "--variants", "eager-fp32", "--out", str(tmp_path))
+    rows = json.loads((tmp_path / "sampling_speed.json").read_text())["rows"]
+    assert [(r["variant"], r["cfg"], r["network_batch"]) for r in rows] == [("eager-fp32", None, 10), ("eager-fp32", 2.0, 20)]
+    assert all(r["img_s"] > 0 and r["nfe"] == 35 for r in rows)
+
+
+def test_refit_smoke(tmp_path):
+    "Two fits of one engine, the second on another thread than the first (CUDA graphs are off on the CPU)."
+    run("bench/refit_cudagraphs.py", "--out", str(tmp_path), "--variants", "bg-main", "--steps", "3")
+    (res,) = json.loads((tmp_path / "refit_cudagraphs.json").read_text())
+    assert res["ok"] and res["fit1_steps"] == res["fit2_steps"] == 3, res
