@@ -52,7 +52,14 @@ def main(argv=None):
     ap.add_argument("--profile-steps", type=int, default=0)
     ap.add_argument("--smoke", action="store_true", help="tiny U-Net on the CPU (gloo for 2 devices): checks the script runs")
     args = ap.parse_args(argv)
-    engine_kw = dict(dict(compile_step=False, cuda_graphs=False), **json.loads(args.engine_kw))
+    if args.devices < 1: ap.error(f"--devices must be >= 1; got --devices {args.devices}")
+    try: asked = json.loads(args.engine_kw)
+    except json.JSONDecodeError as e: ap.error(f"--engine-kw must be a JSON object; got --engine-kw {args.engine_kw!r} ({e})")
+    switches = ("sync_checks", "fused_optimizer", "compile_step", "cuda_graphs", "channels_last")
+    if not isinstance(asked, dict) or set(asked) - set(switches):
+        ap.error(f"--engine-kw takes a JSON object with keys from {switches}; got --engine-kw {args.engine_kw!r}")
+    if args.devices == 1 and ddp_options(args): ap.error(f"DDP options ({', '.join(ddp_options(args))}) need --devices >= 2")
+    engine_kw = dict(dict(compile_step=False, cuda_graphs=False), **asked)
     spec = (SMOKE if args.smoke else MODELS)[args.model]
     rank = int(os.environ.get("LOCAL_RANK", 0))
     device = torch.device("cpu") if args.smoke else torch.device("cuda", rank)

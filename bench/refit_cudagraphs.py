@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("main-main", "worker-worker", "bg-bg", "bg-main", "bg-main-nograph", "bg-main-stay")
+VARIANTS = ("bg-main", "bg-main-stay", "worker-worker", "main-main", "bg-main-nograph", "bg-bg")
 
 
 def child(variant: str, steps: int) -> dict:
@@ -72,11 +72,14 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=30); ap.add_argument("--timeout", type=int, default=300)
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.steps < 1: ap.error(f"--steps must be >= 1; got --steps {args.steps}")
     if args.child:
         print("RESULT " + json.dumps(child(args.child, args.steps)), flush=True); return
+    bad = [v for v in args.variants.split(",") if v not in VARIANTS]
+    if bad: ap.error(f"--variants: unknown {', '.join(map(repr, bad))}; choose from {', '.join(VARIANTS)}")
+    out = Path(args.out); out.mkdir(parents=True, exist_ok=True)
     results = []
     for v in args.variants.split(","):
-        if v not in VARIANTS: raise SystemExit(f"--variants: unknown {v!r}; choose from {VARIANTS}")
         try:
             p = subprocess.run([sys.executable, __file__, "--out", args.out, "--child", v, "--steps", str(args.steps)],
                                capture_output=True, text=True, timeout=args.timeout)
@@ -84,8 +87,7 @@ def main(argv=None):
             res = json.loads(line[7:]) if line else {"variant": v, "ok": False, "error": f"exit {p.returncode}: {p.stderr[-600:]}"}
         except subprocess.TimeoutExpired: res = {"variant": v, "ok": False, "error": f"timed out after {args.timeout} s"}
         results.append(res); print(json.dumps({k: res.get(k) for k in ("variant", "ok", "error", "fit1_s", "fit2_s")}), flush=True)
-    out = Path(args.out); out.mkdir(parents=True, exist_ok=True)
-    (out / "refit_cudagraphs.json").write_text(json.dumps(results, indent=1))
+        (out / "refit_cudagraphs.json").write_text(json.dumps(results, indent=1))   # after each variant: a timeout keeps the rest
 
 
 if __name__ == "__main__":

@@ -53,15 +53,18 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True); ap.add_argument("--ckpt"); ap.add_argument("--n", type=int, default=256)
     ap.add_argument("--reps", type=int, default=5); ap.add_argument("--variants", default=",".join(VARIANTS))
-    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--smoke", action="store_true", help="CPU, tiny network, 10 samples, 1 repetition (overrides --n, --reps)")
     args = ap.parse_args(argv)
+    bad = [v for v in args.variants.split(",") if v not in VARIANTS]
+    if bad: ap.error(f"--variants: unknown {', '.join(map(repr, bad))}; choose from {', '.join(VARIANTS)}")
+    if args.n < 1 or args.reps < 1: ap.error(f"--n and --reps must be >= 1; got --n {args.n}, --reps {args.reps}")
+    if args.ckpt and not Path(args.ckpt).is_file(): ap.error(f"--ckpt: no such file: {args.ckpt}")
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     if args.smoke: args.n, args.reps = 10, 1
     torch.set_float32_matmul_precision("high")
     engine = engine_for(args, device)
     rows = []
     for variant in args.variants.split(","):
-        if variant not in VARIANTS: raise SystemExit(f"--variants: unknown {variant!r}; choose from {VARIANTS}")
         for cfg_scale in (None, 2.0):
             try:
                 first, dt = measure(engine, variant, args.n, cfg_scale, args.reps, device)

@@ -12,6 +12,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint, Callback
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import OmegaConf, DictConfig
 from PIL import Image
 from .core import instantiate_from_config, get_obj_from_str
@@ -19,10 +20,10 @@ from .engine import DiffusionEngine, NonFiniteLossError, FAST_SWITCHES, fast_gpu
 from .data import image_grid
 
 # %% auto #0
-__all__ = ['SAMPLERS', 'ConfigError', 'apply_overrides', 'load_config', 'build_engine', 'build_data', 'check_compatible',
-           'save_image_grid', 'class_balanced_labels', 'SampleGridCallback', 'FinalCheckpoint', 'InterruptCheckpoint',
-           'make_trainer', 'train', 'read_metrics', 'plot_losses', 'judge_run', 'load_engine', 'set_sampler', 'sample',
-           'main']
+__all__ = ['CLI_TRAINER_KEYS', 'TRAINER_MINIMUMS', 'SAMPLERS', 'ConfigError', 'apply_overrides', 'load_config', 'build_engine',
+           'build_data', 'check_compatible', 'save_image_grid', 'class_balanced_labels', 'SampleGridCallback',
+           'FinalCheckpoint', 'InterruptCheckpoint', 'trainer_kwargs', 'make_trainer', 'train', 'read_metrics',
+           'plot_losses', 'judge_run', 'load_engine', 'set_sampler', 'sample', 'main']
 
 # %% ../nbs/14_cli.ipynb #b44f908f
 class ConfigError(ValueError):
@@ -165,9 +166,9 @@ class FinalCheckpoint(Callback):
         if self._saved_step != trainer.global_step: self._save(trainer)
 
 class InterruptCheckpoint(OnExceptionCheckpoint):
-    "Lightning's on-exception checkpoint (Ctrl-C, SIGTERM, crashes), skipped for a non-finite loss."
+    "Lightning's on-exception checkpoint (Ctrl-C, SIGTERM, crashes), skipped for a non-finite loss and before the first step (nothing to keep)."
     def on_exception(self, trainer, pl_module, exception):
-        if not isinstance(exception, NonFiniteLossError): super().on_exception(trainer, pl_module, exception)
+        if trainer.global_step > 0 and not isinstance(exception, NonFiniteLossError): super().on_exception(trainer, pl_module, exception)
 
 # %% ../nbs/14_cli.ipynb #855f69da
 def _loggers(run_dir: Path):
@@ -179,17 +180,47 @@ def _loggers(run_dir: Path):
     except ImportError: pass
     return loggers
 
-def _check_trainer_types(targs: dict) -> None:
-    "`ConfigError` naming the key when a `trainer` setting is text where Lightning takes only numbers or bools (`trainer.max_steps=abc`)."
+CLI_TRAINER_KEYS = ("logger", "default_root_dir", "callbacks")
+"`trainer` keys that `make_trainer` sets itself (loggers, checkpoints and sample grids under the run dir)."
+TRAINER_MINIMUMS = {"max_steps": -1, "max_epochs": -1, "min_steps": 0, "min_epochs": 0, "accumulate_grad_batches": 1}
+
+def _fits(v, h) -> bool | None:
+    "Does `v` fit the annotation `h`? None when `h` is not a plain bool/int/float/str/None/Literal (left to Lightning)."
+    origin = typing.get_origin(h)
+    if origin in (typing.Union, types.UnionType):
+        fits = [_fits(v, a) for a in typing.get_args(h)]
+        return True if True in fits else (None if None in fits else False)
+    if origin is typing.Literal: return any(type(v) is type(a) and v == a for a in typing.get_args(h))
+    if h is type(None): return v is None
+    if h is bool: return isinstance(v, bool)
+    if h is int: return isinstance(v, int) and not isinstance(v, bool)
+    if h is float: return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if h is str: return isinstance(v, str)
+    return None
+
+def _describe(h) -> str:
+    if typing.get_origin(h) in (typing.Union, types.UnionType): return " or ".join(dict.fromkeys(_describe(a) for a in typing.get_args(h)))
+    if typing.get_origin(h) is typing.Literal: return " or ".join(repr(a) for a in typing.get_args(h))
+    return "None" if h is type(None) else getattr(h, "__name__", str(h))
+
+def trainer_kwargs(cfg: DictConfig) -> dict:
+    """The config's `trainer` section as `pl.Trainer` keyword arguments (`{}` when there is none), checked against
+    `Trainer`'s signature before anything is built. Raises `ConfigError` naming the key for a value of the wrong
+    type (`trainer.max_steps=abc`, `trainer.max_epochs=1.5`), one below its minimum (`trainer.accumulate_grad_batches=0`),
+    a key `make_trainer` sets itself (`logger`, `default_root_dir`, `callbacks`), or a `trainer` that is no mapping."""
+    t = cfg.get("trainer")
+    if t is None: return {}
+    if not isinstance(t, DictConfig): raise ConfigError(f"trainer must be a mapping of Trainer arguments; got trainer={t!r}")
+    targs = OmegaConf.to_container(t, resolve=True)
     try: hints = typing.get_type_hints(pl.Trainer.__init__)
-    except Exception: return   # unresolvable annotations: leave the checks to Lightning
+    except Exception: hints = {}   # unresolvable annotations: leave the type checks to Lightning
     for k, v in targs.items():
-        if not isinstance(v, str) or k not in hints: continue
-        h = hints[k]
-        allowed = set(typing.get_args(h)) if typing.get_origin(h) in (typing.Union, types.UnionType) else {h}
-        if allowed <= {int, float, bool, type(None)}:
-            kinds = " or ".join(sorted(t.__name__ for t in allowed if t is not type(None)))
-            raise ConfigError(f"trainer.{k} must be {kinds}; got trainer.{k}={v!r}")
+        if k in CLI_TRAINER_KEYS:
+            raise ConfigError(f"trainer.{k} is set by diffexplore (loggers, checkpoints and sample grids under the run dir); remove trainer.{k}")
+        if k in hints and _fits(v, hints[k]) is False: raise ConfigError(f"trainer.{k} must be {_describe(hints[k])}; got trainer.{k}={v!r}")
+        lo = TRAINER_MINIMUMS.get(k)
+        if lo is not None and isinstance(v, int) and v < lo: raise ConfigError(f"trainer.{k} must be >= {lo}; got trainer.{k}={v!r}")
+    return targs
 
 def make_trainer(cfg: DictConfig, run_dir: Path, num_classes=None, extra_callbacks=(), engine=None, fast_off=()) -> pl.Trainer:
     "A Lightning `Trainer` from the config's `trainer` section, with checkpoints, sample grids and loggers under `run_dir`; on a GPU the fast settings (`fast_gpu_settings`) except those in `fast_off`."
@@ -203,11 +234,11 @@ def make_trainer(cfg: DictConfig, run_dir: Path, num_classes=None, extra_callbac
         SampleGridCallback(run_dir / "samples", every_n_steps=int(lcfg.get("sample_every_n_steps", 1000)),
                            per_class=int(lcfg.get("samples_per_class", 8)), num_classes=num_classes),
         *extra_callbacks]
-    targs = OmegaConf.to_container(cfg.get("trainer", {}) or {}, resolve=True)
-    _check_trainer_types(targs)
+    targs = trainer_kwargs(cfg)
     targs.setdefault("accelerator", "auto"); targs.setdefault("log_every_n_steps", 10)
     targs = fast_gpu_settings(dict(targs, callbacks=callbacks), engine, off=fast_off)
-    return pl.Trainer(default_root_dir=str(run_dir), logger=_loggers(run_dir), **targs)
+    try: return pl.Trainer(default_root_dir=str(run_dir), logger=_loggers(run_dir), **targs)
+    except (MisconfigurationException, ValueError, TypeError) as e: raise ConfigError(f"the config's trainer section: {e}") from e
 
 def train(cfg: DictConfig, # a loaded config (see `load_config`)
           run_dir, # output folder
@@ -220,8 +251,10 @@ def train(cfg: DictConfig, # a loaded config (see `load_config`)
     run_dir = Path(run_dir)
     old = sorted((run_dir / "checkpoints").glob("*.ckpt")) if (run_dir / "checkpoints").is_dir() else []
     if old and resume is None:
+        ck = next((p for name in ("last.ckpt", "interrupted.ckpt") for p in old if p.name == name), old[-1])
         raise ConfigError(f"run_dir={str(run_dir)!r} already holds checkpoints ({', '.join(p.name for p in old)}): "
-                          f"continue it with --resume {run_dir / 'checkpoints' / 'last.ckpt'}, or choose a new --run-dir")
+                          f"continue it with --resume {ck}, or choose a new --run-dir")
+    trainer_kwargs(cfg)   # a bad trainer setting fails here, before data and model are built
     run_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(int(cfg.get("seed", 0)), verbose=False)
     dm = build_data(cfg)
@@ -370,7 +403,7 @@ def main(argv=None) -> int:
             path = sample(args.ckpt, args.n, args.out, args.cfg_scale, args.class_label, args.sampler, args.num_steps,
                           args.seed, use_ema=not args.no_ema)
             print(f"wrote {path}")
-    except (ConfigError, ValueError, TypeError, FileNotFoundError) as e:
+    except (ConfigError, ValueError, TypeError, FileNotFoundError, MisconfigurationException) as e:
         if os.environ.get("DIFFEXPLORE_DEBUG") == "1" or (not isinstance(e, ConfigError) and _is_bug(e)): raise
         print(f"diffexplore: error: {e}", file=sys.stderr); return 2
     except SIGTERMException:   # Lightning saved checkpoints/interrupted.ckpt (InterruptCheckpoint) before this

@@ -437,7 +437,7 @@ def fast_gpu_settings(trainer_kwargs: dict, # keyword arguments for `pl.Trainer`
     if "benchmark" not in off: kw.setdefault("benchmark", True)
     if "tf32" not in off: torch.set_float32_matmul_precision("high")
     if "async_checks" not in off and kw.get("enable_progress_bar", True) and not any(isinstance(c, pl.callbacks.ProgressBar) for c in kw.get("callbacks", [])):
-        kw["callbacks"] = [*kw.get("callbacks", []), pl.callbacks.TQDMProgressBar(refresh_rate=int(kw.get("log_every_n_steps", 50)) or 1)]
+        kw["callbacks"] = [*kw.get("callbacks", []), pl.callbacks.TQDMProgressBar(refresh_rate=int(kw.get("log_every_n_steps") or 50))]
     return kw
 
 def _switches_off(engine: DiffusionEngine, off: set):
