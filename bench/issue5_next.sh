@@ -7,9 +7,11 @@
 #   bash bench/issue5_next.sh b OUT   DDP on 2 GPUs: NCCL transport (NCCL_DEBUG=INFO), a profile of a DDP step,
 #                                      static graph + bucket view, bf16-compressed all-reduce, the compiled step;
 #                                      then the latent U-Net's missing (c) rows while time is left
+#   bash bench/issue5_next.sh c OUT   if device time is left: is the compiled step worth its ~100 s for a 4-minute
+#                                      Fashion-MNIST run? GPU 0 the defaults, GPU 1 `--no-fast compile`, same minutes
 # Same environment as bench/issue5_gpu.sh. Results: OUT/results.tgz and the logs beside it.
 set -uo pipefail
-what=${1:?a or b}; out=${2:?out dir}; deadline=${3:-560}; mkdir -p "$out"
+what=${1:?a, b or c}; out=${2:?out dir}; deadline=${3:-560}; mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 start=$(date +%s); left() { echo $(( deadline - ${1:-0} - ($(date +%s) - start) )); }
 stamp() { echo "$(date +%T) [+$(( $(date +%s) - start ))s] $*"; }
@@ -21,6 +23,12 @@ if [ "$what" = a ]; then
   (export CUDA_VISIBLE_DEVICES=1   # grids due in "off" blocks are skipped: expect 3 of the 7 due
    stamp live; timeout 280 python3 bench/live_view_gpu.py --out "$out/live" --view-kw '{"sample_every_n_steps": 300}'; echo "live rc=$?"
    stamp refit; timeout "$(left 20)" python3 bench/refit_cudagraphs.py --out "$out/refit" --timeout 90; echo "refit rc=$?"; stamp end) > "$out/gpu1.log" 2>&1 &
+  wait
+elif [ "$what" = c ]; then
+  (CUDA_VISIBLE_DEVICES=0 timeout "$(left 10)" bash bench/fashion_gpu.sh "$out/compiled" 4 "${FASHION_MNIST_ROOT:-/usr/share/datasets/fashion-mnist}"
+   echo "compiled rc=$?") > "$out/fashion_compiled.log" 2>&1 &
+  (CUDA_VISIBLE_DEVICES=1 timeout "$(left 10)" bash bench/fashion_gpu.sh "$out/eager" 4 "${FASHION_MNIST_ROOT:-/usr/share/datasets/fashion-mnist}" --no-fast compile
+   echo "eager rc=$?") > "$out/fashion_eager.log" 2>&1 &
   wait
 else
   ddp() { local t; t=$(left 10); if [ "$t" -lt 60 ]; then stamp "skip ddp $*: ${t}s left"; return; fi

@@ -385,10 +385,18 @@ def _check_sample_args(args):
     if Path(args.out).suffix.lower() != ".png": raise ConfigError(f"--out must be a .png file; got --out {args.out}")
     if not Path(args.ckpt).is_file(): raise ConfigError(f"checkpoint not found: --ckpt {args.ckpt}")
 
+def _parse_args(argv):
+    "The parsed command line; `train`'s overrides may also follow an option (`--no-fast compile trainer.max_steps=5`)."
+    p = _parser()
+    args, extra = p.parse_known_args(argv)
+    if extra and getattr(args, "cmd", None) == "train" and not any(e.startswith("-") for e in extra): args.overrides += extra
+    elif extra: p.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
 def main(argv=None) -> int:
     """Entry point of the `diffexplore` console script. Problems with the arguments, the config or the data end
     with a one-line `diffexplore: error: ...` and exit status 2 (set DIFFEXPLORE_DEBUG=1 for the traceback)."""
-    args = _parser().parse_args(argv)
+    args = _parse_args(argv)
     try:
         if args.cmd == "sample": _check_sample_args(args)
         if args.cmd == "train":
