@@ -7,14 +7,14 @@ the heading "Explorer latency" (created, with the table header, if missing).
 
     python bench/explorer_latency.py [--moves 100] [--append BENCHMARKS.md]
 """
-import argparse, datetime, os, platform, shlex, statistics, sys, time
+import argparse, datetime, shlex, statistics, sys, time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench this checkout's diffexplore
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import machine  # noqa: E402
+from _machine import machine, append_rows  # noqa: E402
 
 HEADING = "## Explorer latency"
 HEADER = ("| date | machine | command | σ moves | median ms | p90 ms |\n"
@@ -46,20 +46,6 @@ def row(times: list, command: str) -> str:
     return f"| {date} | {machine()} | `{command}` | {len(ms)} | {statistics.median(ms):.2f} | {p90:.2f} |"
 
 
-def append(path: str, line: str):
-    "Add `line` to the table under HEADING in `path` (creating file, heading and table as needed), keeping other sections."
-    text = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
-    lines = text.rstrip("\n").split("\n")
-    if HEADING not in lines:
-        lines += ["", HEADING, "", *INTRO.rstrip("\n").split("\n"), "", *HEADER.split("\n"), line]
-    else:
-        start = lines.index(HEADING)
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        last_row = max((i for i in range(start, end) if lines[i].startswith("|")), default=None)
-        at = last_row + 1 if last_row is not None else end
-        lines[at:at] = [line] if last_row is not None else [*HEADER.split("\n"), line]
-    open(path, "w").write("\n".join(lines) + "\n")
-
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -69,4 +55,4 @@ if __name__ == "__main__":
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     r = row(measure(args.moves), command)
     print(HEADER); print(r)
-    if args.append: append(args.append, r)
+    if args.append: append_rows(args.append, HEADING, INTRO, HEADER, [r])

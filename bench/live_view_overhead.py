@@ -14,13 +14,13 @@ the table header, if missing). Target: ≤ 2 % on this CPU machine.
 
     python bench/live_view_overhead.py [--models toy,unet] [--steps 300] [--warmup 40] [--repeats 8] [--append BENCHMARKS.md]
 """
-import argparse, datetime, fcntl, json, os, platform, shlex, statistics, sys, time
+import argparse, datetime, json, shlex, statistics, sys, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # bench this checkout's diffexplore
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import machine  # noqa: E402
+from _machine import machine, append_rows  # noqa: E402
 
 HEADING = "## Live view overhead"
 HEADER = ("| date | machine | command | model | where | steps × runs | wall ms/step off / on | wall overhead | CPU ms/step off / on "
@@ -197,22 +197,6 @@ def measure_in_kernel(argv: list) -> list:
         kc.stop_channels(); km.shutdown_kernel(now=True)
 
 
-def append(path: str, lines_to_add: list):
-    "Add rows to the table under HEADING in `path` (creating file, heading and table as needed), keeping other sections."
-    with open(path, "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)  # another bench may append at the same time
-        f.seek(0); text = f.read() or "# Benchmarks\n"
-        lines = text.rstrip("\n").split("\n")
-        if HEADING not in lines:
-            lines += ["", HEADING, "", *INTRO.rstrip("\n").split("\n"), "", *HEADER.split("\n"), *lines_to_add]
-        else:
-            start = lines.index(HEADING)
-            end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-            last_row = max((i for i in range(start, end) if lines[i].startswith("|")), default=None)
-            at = last_row + 1 if last_row is not None else end
-            lines[at:at] = lines_to_add if last_row is not None else [*HEADER.split("\n"), *lines_to_add]
-        f.seek(0); f.truncate(); f.write("\n".join(lines) + "\n")
-
 
 def parse(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -243,4 +227,4 @@ if __name__ == "__main__":
     rs = rows(results, args.steps, args.repeats, where, command)
     if args.out: Path(args.out).mkdir(parents=True, exist_ok=True); (Path(args.out) / "live_view_overhead.json").write_text(json.dumps(results, indent=1))
     print(HEADER); print("\n".join(rs))
-    if args.append: append(args.append, rs)
+    if args.append: append_rows(args.append, HEADING, INTRO, HEADER, rs)

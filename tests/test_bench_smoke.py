@@ -40,3 +40,15 @@ def test_refit_smoke(tmp_path):
     run("bench/refit_cudagraphs.py", "--out", str(tmp_path), "--variants", "bg-main", "--steps", "3")
     (res,) = json.loads((tmp_path / "refit_cudagraphs.json").read_text())
     assert res["ok"] and res["fit1_steps"] == res["fit2_steps"] == 3, res
+
+
+def test_append_rows(tmp_path):
+    "The bench scripts' one way of adding rows to BENCHMARKS.md: new section, then rows under the last row, other sections kept."
+    sys.path.insert(0, str(ROOT / "bench"))
+    from _machine import append_rows
+    f = tmp_path / "B.md"; f.write_text("# Benchmarks\n\n## Other\n\nkeep me\n")
+    append_rows(str(f), "## T", "intro line\n", "| a |\n|---|", ["| 1 |"])
+    append_rows(str(f), "## T", "intro line\n", "| a |\n|---|", ["| 2 |", "| 3 |"])
+    assert f.read_text() == "# Benchmarks\n\n## Other\n\nkeep me\n\n## T\n\nintro line\n\n| a |\n|---|\n| 1 |\n| 2 |\n| 3 |\n"
+    append_rows(str(f), "## Other", "", "| b |\n|---|", ["| x |"])   # a section without a table gets one
+    assert "keep me\n\n| b |\n|---|\n| x |\n\n## T" in f.read_text()
