@@ -183,6 +183,7 @@ def _loggers(run_dir: Path):
 CLI_TRAINER_KEYS = ("logger", "default_root_dir", "callbacks")
 "`trainer` keys that `make_trainer` sets itself (loggers, checkpoints and sample grids under the run dir)."
 TRAINER_MINIMUMS = {"max_steps": -1, "max_epochs": -1, "min_steps": 0, "min_epochs": 0, "accumulate_grad_batches": 1}
+"Smallest allowed value of integer `trainer` settings (−1 = unlimited, Lightning's convention); `trainer_kwargs` checks them."
 
 def _fits(v, h) -> bool | None:
     "Does `v` fit the annotation `h`? None when `h` is not a plain bool/int/float/str/None/Literal (left to Lightning)."
