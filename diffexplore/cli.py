@@ -238,7 +238,8 @@ def make_trainer(cfg: DictConfig, run_dir: Path, num_classes=None, extra_callbac
     targs = trainer_kwargs(cfg)
     targs.setdefault("accelerator", "auto"); targs.setdefault("log_every_n_steps", 10)
     targs = fast_gpu_settings(dict(targs, callbacks=callbacks), engine, off=fast_off)
-    try: return pl.Trainer(default_root_dir=str(run_dir), logger=_loggers(run_dir), **targs)
+    loggers = _loggers(run_dir)
+    try: return pl.Trainer(default_root_dir=str(run_dir), logger=loggers, **targs)   # only the trainer settings can fail here
     except (MisconfigurationException, ValueError, TypeError) as e: raise ConfigError(f"the config's trainer section: {e}") from e
 
 def train(cfg: DictConfig, # a loaded config (see `load_config`)
