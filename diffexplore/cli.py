@@ -4,13 +4,15 @@
 
 # %% ../nbs/14_cli.ipynb #2136e276
 from __future__ import annotations
-import argparse, difflib, json, math, os, sys, time, types, typing
+import argparse, csv, difflib, json, math, os, sys, time, types, typing
 from pathlib import Path
 import numpy as np
 import torch
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint, Callback
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import OmegaConf, DictConfig
@@ -22,8 +24,8 @@ from .data import image_grid
 # %% auto #0
 __all__ = ['CLI_TRAINER_KEYS', 'TRAINER_MINIMUMS', 'SAMPLERS', 'ConfigError', 'apply_overrides', 'load_config', 'build_engine',
            'build_data', 'check_compatible', 'save_image_grid', 'class_balanced_labels', 'SampleGridCallback',
-           'FinalCheckpoint', 'InterruptCheckpoint', 'trainer_kwargs', 'make_trainer', 'train', 'read_metrics',
-           'plot_losses', 'judge_run', 'load_engine', 'set_sampler', 'sample', 'main']
+           'FinalCheckpoint', 'InterruptCheckpoint', 'KeepingCSVLogger', 'trainer_kwargs', 'make_trainer', 'train',
+           'read_metrics', 'plot_losses', 'judge_run', 'load_engine', 'set_sampler', 'sample', 'main']
 
 # %% ../nbs/14_cli.ipynb #b44f908f
 class ConfigError(ValueError):
@@ -171,8 +173,34 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
         if trainer.global_step > 0 and not isinstance(exception, NonFiniteLossError): super().on_exception(trainer, pl_module, exception)
 
 # %% ../nbs/14_cli.ipynb #855f69da
-def _loggers(run_dir: Path):
-    loggers = [CSVLogger(save_dir=str(run_dir), name="", version="")]
+class _KeepingExperimentWriter(ExperimentWriter):
+    "Lightning's CSV writer, except that an existing metrics.csv is kept up to `keep_before_step` (Lightning deletes it)."
+    def __init__(self, log_dir: str, keep_before_step: int):
+        self.keep_before_step = keep_before_step; super().__init__(log_dir)
+    def _check_log_dir_exists(self):
+        if not self._fs.isfile(self.metrics_file_path): return
+        with open(self.metrics_file_path, newline="") as f:
+            reader = csv.DictReader(f); keys = reader.fieldnames or []
+            rows = [r for r in reader if float(r.get("step") or 0) < self.keep_before_step]   # later rows: after the checkpoint
+        with open(self.metrics_file_path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys); w.writeheader(); w.writerows(rows)
+        self.metrics_keys = sorted(keys)
+
+class KeepingCSVLogger(CSVLogger):
+    """`CSVLogger` for a run that may be resumed: the rows of `metrics.csv` logged before `keep_before_step` (the
+    resumed checkpoint's global step; 0 for a new run) stay, so the file holds the whole run."""
+    def __init__(self, *args, keep_before_step: int = 0, **kwargs):
+        super().__init__(*args, **kwargs); self.keep_before_step = int(keep_before_step)
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _KeepingExperimentWriter(self.log_dir, self.keep_before_step)
+        return self._experiment
+
+def _loggers(run_dir: Path, resume_step: int = 0):
+    loggers = [KeepingCSVLogger(save_dir=str(run_dir), name="", version="", keep_before_step=resume_step)]
     try:
         from lightning.pytorch.loggers import TensorBoardLogger
         import tensorboard  # noqa: F401
@@ -223,7 +251,9 @@ def trainer_kwargs(cfg: DictConfig) -> dict:
         if lo is not None and isinstance(v, int) and v < lo: raise ConfigError(f"trainer.{k} must be >= {lo}; got trainer.{k}={v!r}")
     return targs
 
-def make_trainer(cfg: DictConfig, run_dir: Path, num_classes=None, extra_callbacks=(), engine=None, fast_off=()) -> pl.Trainer:
+def make_trainer(cfg: DictConfig, run_dir: Path, num_classes=None, extra_callbacks=(), engine=None, fast_off=(),
+                 resume_step: int = 0, # the global step of the checkpoint being resumed: metrics.csv keeps its earlier rows
+                ) -> pl.Trainer:
     "A Lightning `Trainer` from the config's `trainer` section, with checkpoints, sample grids and loggers under `run_dir`; on a GPU the fast settings (`fast_gpu_settings`) except those in `fast_off`."
     lcfg = cfg.get("lightning", {}) or {}
     ckpt_dir = run_dir / "checkpoints"
@@ -238,7 +268,7 @@ def make_trainer(cfg: DictConfig, run_dir: Path, num_classes=None, extra_callbac
     targs = trainer_kwargs(cfg)
     targs.setdefault("accelerator", "auto"); targs.setdefault("log_every_n_steps", 10)
     targs = fast_gpu_settings(dict(targs, callbacks=callbacks), engine, off=fast_off)
-    loggers = _loggers(run_dir)
+    loggers = _loggers(run_dir, resume_step)
     try: return pl.Trainer(default_root_dir=str(run_dir), logger=loggers, **targs)   # only the trainer settings can fail here
     except (MisconfigurationException, ValueError, TypeError) as e: raise ConfigError(f"the config's trainer section: {e}") from e
 
@@ -263,7 +293,9 @@ def train(cfg: DictConfig, # a loaded config (see `load_config`)
     engine = build_engine(cfg)
     check_compatible(engine, dm)
     OmegaConf.save(cfg, run_dir / "config.yaml")
-    trainer = make_trainer(cfg, run_dir, num_classes=getattr(dm, "num_classes", None), engine=engine, fast_off=fast_off)
+    resume_step = torch.load(resume, map_location="cpu", weights_only=False, mmap=True)["global_step"] if resume else 0
+    trainer = make_trainer(cfg, run_dir, num_classes=getattr(dm, "num_classes", None), engine=engine, fast_off=fast_off,
+                           resume_step=resume_step)
     t0 = time.time()
     trainer.fit(engine, datamodule=dm, ckpt_path=str(resume) if resume else None)
     engine.to(trainer.strategy.root_device)   # Lightning's teardown moved it to the CPU: judge on the training device

@@ -2,8 +2,9 @@
 import json, csv
 from pathlib import Path
 import pytest
+import numpy as np
 import torch
-from diffexplore.cli import main, load_config, train, load_engine, ConfigError
+from diffexplore.cli import main, load_config, train, load_engine, read_metrics, ConfigError
 
 CONFIG = Path(__file__).parent.parent / "configs" / "digits.yaml"
 TINY = ["model.params.network_config.params.diffusion_model.params.preset=tiny",
@@ -74,7 +75,7 @@ def _state(ckpt):
 def test_resume_is_exact(tmp_path):
     "3 steps + save/resume + 3 steps == 6 straight steps: raw weights, EMA weights and counter, optimizer, schedule."
     common = [*TINY, "data.params.batch_size=512", "lightning.sample_every_n_steps=0", "lightning.judge_samples=0",
-              "lightning.checkpoint_every_n_steps=3", "model.params.warmup_steps=4"]   # 2 batches/epoch: resume mid-epoch
+              "lightning.checkpoint_every_n_steps=3", "model.params.warmup_steps=4", "trainer.log_every_n_steps=1"]   # 2 batches/epoch: resume mid-epoch
     straight, part = tmp_path / "straight", tmp_path / "part"
     train(load_config(CONFIG, [*common, "trainer.max_steps=6"]), straight, judge=False)
     train(load_config(CONFIG, [*common, "trainer.max_steps=3"]), part, judge=False)
@@ -86,6 +87,9 @@ def test_resume_is_exact(tmp_path):
     assert int(s1[2]["model_ema.num_updates"]) == 6
     assert [float(x) for x in s1[3]] == [float(x) for x in s2[3]] == [6.0] * len(s1[3])
     assert s1[4]["last_epoch"] == s2[4]["last_epoch"]
+    m1, m2 = read_metrics(straight), read_metrics(part)   # the resumed run's metrics.csv holds the whole run
+    np.testing.assert_array_equal(m1["train/loss"][0], m2["train/loss"][0]); assert len(m1["train/loss"][0]) == 6
+    np.testing.assert_array_equal(m1["train/loss"][1], m2["train/loss"][1])
 
 
 def test_existing_run_dir_is_not_overwritten(run20, capsys):
