@@ -72,7 +72,7 @@ def apply_overrides(cfg: DictConfig, # the base config
         if "=" not in o: raise ConfigError(f"override must look like key=value; got {o!r}")
         key, value = o.split("=", 1)
         if key not in known and not _is_trainer_arg(key) and not _is_target_param(cfg, key):
-            near = difflib.get_close_matches(key, known + [f"trainer.{a}" for a in _trainer_args()], n=3)
+            near = difflib.get_close_matches(key, list(dict.fromkeys(known + [f"trainer.{a}" for a in _trainer_args()])), n=3)
             raise ConfigError(f"config key {key!r} does not exist" + (f"; did you mean {', '.join(near)}?" if near else ""))
         OmegaConf.update(cfg, key, OmegaConf.from_dotlist([f"v={value}"])["v"], merge=False)   # OmegaConf's YAML: 3e-4 is a float
     return cfg
