@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_engine.ipynb #1e78fde5
 from __future__ import annotations
-import math, random
+import math, random, threading, warnings
 from contextlib import contextmanager
 import numpy as np
 import torch
@@ -105,6 +105,21 @@ class NonFiniteLossError(RuntimeError):
 
 def _identity(x): return x
 
+_GRAPH_THREAD = None   # the thread that records CUDA graphs in this process (torch's CUDA-graph trees live in it)
+
+def _may_record_cuda_graphs(engine) -> bool:
+    """True when CUDA graphs may be recorded on this thread: the first thread to ask, and only it. On the H200 a
+    re-recording from a later thread (a second `fit_in_background`, or `trainer.fit` in a cell after one) stopped
+    with "operation failed due to a previous error during capture", also after `torch.compiler.reset()`
+    (`bench/refit_cudagraphs.py`, BENCHMARKS.md). Elsewhere the step is compiled without CUDA graphs, with a warning."""
+    global _GRAPH_THREAD
+    if _GRAPH_THREAD is None: _GRAPH_THREAD = threading.get_ident()
+    if _GRAPH_THREAD == threading.get_ident(): return True
+    warnings.warn("DiffusionEngine: CUDA graphs were recorded on another thread in this process, and torch cannot "
+                  "record them again from this one; this fit compiles its step without CUDA graphs. Train on the "
+                  "thread of the first fit (fit_in_background always uses the same one) to keep them.", RuntimeWarning)
+    return False
+
 class DiffusionEngine(pl.LightningModule):
     """sgm's diffusion LightningModule: first stage → loss_fn(network, denoiser, conditioner) → AdamW, EMA, sampling.
 
@@ -146,7 +161,8 @@ class DiffusionEngine(pl.LightningModule):
         self.config = None   # the full run config, saved into checkpoints by the CLI
         self.sync_checks, self.fused_optimizer, self.compile_step = sync_checks, fused_optimizer, compile_step
         self.cuda_graphs, self.channels_last = cuda_graphs, channels_last
-        self._compiled, self._compiled_shape, self._pending = None, None, None
+        self._compiled, self._compiled_shape, self._pending, self._compiled_thread = None, None, None, None
+        self._compiled_graphs = False
 
     # --- the seed's Levels 1-3 -------------------------------------------------------------
     def get_input(self, batch: dict) -> Tensor: return batch[self.input_key]
@@ -234,9 +250,10 @@ class DiffusionEngine(pl.LightningModule):
         cond = self.conditioner(batch) if self.conditioner is not None else {}
         extra = {k: batch[k] for k in self.loss_fn.batch2model_keys.intersection(batch)}
         if self._on("channels_last") and z.ndim == 4: z = z.contiguous(memory_format=torch.channels_last)
-        graphs = self._on("cuda_graphs") and self._on("compile_step")
+        step = self._device_loss(z)
+        graphs = step is self._compiled and self._compiled_graphs
         if graphs: torch.compiler.cudagraph_mark_step_begin()
-        loss = self._device_loss(z)(z, sigmas, cond, extra)
+        loss = step(z, sigmas, cond, extra)
         return (loss.clone() if graphs else loss), sigmas   # graph outputs are overwritten by the next replay
 
     def _loss_on_device(self, z: Tensor, sigmas: Tensor, cond: dict, extra: dict) -> Tensor:
@@ -254,8 +271,10 @@ class DiffusionEngine(pl.LightningModule):
         "`_loss_on_device`, compiled (`compile_step`) for the first batch shape; other shapes (a short last batch) run eagerly."
         if not self._on("compile_step"): return self._loss_on_device
         if self._compiled is None:
-            mode = "reduce-overhead" if self._on("cuda_graphs") else None
+            self._compiled_graphs = self._on("cuda_graphs") and _may_record_cuda_graphs(self)
+            mode = "reduce-overhead" if self._compiled_graphs else None
             self._compiled, self._compiled_shape = torch.compile(self._loss_on_device, mode=mode, dynamic=False), tuple(z.shape)
+            self._compiled_thread = threading.get_ident()
         return self._compiled if tuple(z.shape) == self._compiled_shape else self._loss_on_device
 
     def _guard_nonfinite(self, loss: Tensor, sigmas: Tensor):
@@ -279,6 +298,8 @@ class DiffusionEngine(pl.LightningModule):
 
     def on_fit_start(self):
         if self._on("channels_last"): self.model.to(memory_format=torch.channels_last)
+        if self._compiled is not None and self._compiled_thread != threading.get_ident():
+            self._compiled = self._compiled_shape = None   # compiled on another thread: compile for this one
 
     # --- optimisation ------------------------------------------------------------------------
     def trainable_parameters(self) -> list:

@@ -4,8 +4,9 @@
 
 # %% ../nbs/17_live.ipynb #5b8bf276
 from __future__ import annotations
-import base64, io, math, os, threading, time, warnings
+import base64, io, math, os, queue, threading, time, warnings
 from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -20,8 +21,8 @@ from .engine import sigma_bucket_names, conditioner_classes
 from .data import image_grid
 
 # %% auto #0
-__all__ = ['ema_smooth', 'should_push', 'push_interval', 'append_row', 'thin', 'sample_class_labels', 'LiveTrainingView',
-           'BackgroundFit', 'fit_in_background']
+__all__ = ['ema_smooth', 'should_push', 'push_interval', 'sample_due', 'append_row', 'thin', 'sample_class_labels',
+           'LiveTrainingView', 'BackgroundFit', 'fit_in_background']
 
 # %% ../nbs/17_live.ipynb #ebc26d00
 def ema_smooth(values: Sequence[float], # new points x_t (floats; NaN points are skipped)
@@ -53,6 +54,18 @@ def push_interval(min_interval: float, # minimum seconds between redraws, >= 0
     "Seconds between redraws: at least `min_interval`, and long enough that redrawing uses at most `max_draw_fraction` of the time."
     return max(min_interval, draw_seconds / max_draw_fraction)
 
+# %% ../nbs/17_live.ipynb #4585f3da
+def sample_due(step: int, # global step just finished, >= 0
+               every: int | None, # draw every this many steps (0 or None: never)
+               last_step: int | None, # step of the last grid (None: none yet); a step gets at most one grid
+               spent_s: float, # seconds the grids of this fit took so far, >= 0
+               elapsed_s: float, # seconds since this fit started, >= 0
+               max_fraction: float | None, # largest share of the fit's time for grids, in (0, 1]; None: no limit
+              ) -> tuple[bool, bool]: # (a grid is due by the step count, it may be drawn now)
+    "Whether a sample grid is due at `step`, and whether the time budget lets it be drawn."
+    due = bool(every) and step > 0 and step % every == 0 and step != last_step
+    return due, due and (max_fraction is None or spent_s <= max_fraction * elapsed_s)
+
 # %% ../nbs/17_live.ipynb #30a90a5c
 def append_row(columns: dict[str, list[float]], # series by name, each of length `n`; changed in place
                row: Mapping[str, float], # this step's values by name (any subset of names, or new names)
@@ -82,6 +95,15 @@ def _png_data_uri(grid: np.ndarray, min_size: int = 160) -> str:
     im = Image.fromarray(grid).resize((grid.shape[1] * k, grid.shape[0] * k), Image.NEAREST)
     buf = io.BytesIO(); im.save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+# %% ../nbs/17_live.ipynb #d8c85642
+@contextmanager
+def _cudnn_without_autotuning():
+    "`torch.backends.cudnn.benchmark = False` inside, the caller's setting restored afterwards."
+    old = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False
+    try: yield
+    finally: torch.backends.cudnn.benchmark = old
 
 # %% ../nbs/17_live.ipynb #448ed727
 def sample_class_labels(n: int, # number of samples
@@ -128,22 +150,27 @@ class LiveTrainingView(pl.Callback):
     `min_interval_s` >= 0: minimum seconds between figure updates; `max_draw_fraction` in (0, 1]: the interval grows
     so that updates take at most this share of the time (`push_interval`). `smoothing` in [0, 1): β of `ema_smooth`.
     `sample_every_n_steps`: draw a sample grid every this many global steps (0 or None: never; needs
-    `pl_module.sampler` and `pl_module.generate`). `n_samples`, `sample_seed`: grid size and fixed noise seed.
+    `pl_module.sampler` and `pl_module.generate`); `max_sample_fraction` in (0, 1] or None: a due grid is skipped
+    while grids have taken more than this share of the fit's time (`sample_due`; None: never skipped).
+    `n_samples`, `sample_seed`: grid size and fixed noise seed.
     `class_labels`: labels of the grid's samples (default: cycle through the conditioner's classes, if any).
     `checkpoint_dir`: where Stop saves `stopped-step=<N>.ckpt` (default: the trainer's `ModelCheckpoint.dirpath`;
     without either, Stop saves nothing). `max_points` (>= 2 or None): points per curve on screen.
     `loss_key`, `lr_key`, `bucket_prefix`: names of the logged metrics (`DiffusionEngine`'s by default).
     Data: `steps` (global step of each recorded batch), `series[metric]` (floats aligned with `steps`, NaN where
     not logged), `loss_smooth`. Counters: `pushes` (figure updates), `errors`, `samples_drawn` (with `sample_seconds`,
-    the wall seconds each grid took);
+    the wall seconds each grid took), `samples_skipped` (due grids over the time budget);
     `stopped_checkpoint`: path or None. Raises `ValueError` for bad parameters.
     Source: sgm watches training through `main.py: ImageLogger` and TensorBoard; this is the in-kernel version."""
-    def __init__(self, min_interval_s: float = 0.25, smoothing: float = 0.9, sample_every_n_steps: int | None = 200,
+    def __init__(self, min_interval_s: float = 1.0, smoothing: float = 0.9, sample_every_n_steps: int | None = 200,
                  n_samples: int = 16, sample_seed: int = 0, class_labels=None, checkpoint_dir: str | None = None,
                  max_points: int | None = 2000, loss_key: str = "train/loss", lr_key: str = "train/lr",
-                 bucket_prefix: str = "loss_sigma/", max_draw_fraction: float = 0.01, height: int = 560):
+                 bucket_prefix: str = "loss_sigma/", max_draw_fraction: float = 0.01, height: int = 560,
+                 max_sample_fraction: float | None = 0.01):
         if not min_interval_s >= 0: raise ValueError(f"min_interval_s must be >= 0; got min_interval_s={min_interval_s!r}")
         if not 0 < max_draw_fraction <= 1: raise ValueError(f"max_draw_fraction must be in (0, 1]; got max_draw_fraction={max_draw_fraction!r}")
+        if max_sample_fraction is not None and not 0 < max_sample_fraction <= 1:
+            raise ValueError(f"max_sample_fraction must be in (0, 1] or None; got max_sample_fraction={max_sample_fraction!r}")
         ema_smooth([], smoothing)   # raises for a bad β
         if sample_every_n_steps is not None and int(sample_every_n_steps) < 0:
             raise ValueError(f"sample_every_n_steps must be >= 0 or None; got sample_every_n_steps={sample_every_n_steps!r}")
@@ -155,8 +182,8 @@ class LiveTrainingView(pl.Callback):
         self.loss_key, self.lr_key, self.bucket_prefix = loss_key, lr_key, bucket_prefix
         self.max_draw_fraction, self._draw_s = max_draw_fraction, 0.0
         self.steps, self.series, self.loss_smooth = [], {}, []
-        self.pushes = self.errors = self.samples_drawn = 0
-        self.sample_seconds = []
+        self.pushes = self.errors = self.samples_drawn = self.samples_skipped = 0
+        self.sample_seconds, self.max_sample_fraction, self._fit_sample_s = [], max_sample_fraction, 0.0
         self.last_error, self.stopped_checkpoint, self.training = None, None, False
         self._pending, self._last_seen, self._smooth_state = [], {}, (0.0, 0.0)
         self._metrics, self._metrics_live, self._unrecorded, self._outputs, self._wanted_keys = {}, False, False, None, {}
@@ -222,7 +249,7 @@ class LiveTrainingView(pl.Callback):
 
     # --- what the hooks do ------------------------------------------------------------------------------------
     def _start(self, trainer, pl_module):
-        self.training, self._t0, self._step0 = True, time.monotonic(), trainer.global_step
+        self.training, self._t0, self._step0, self._fit_sample_s = True, time.monotonic(), trainer.global_step, 0.0
         self._metrics, self._metrics_live = trainer.callback_metrics, None   # Lightning updates this dict in place
         buckets = [self.bucket_prefix + b for b in sigma_bucket_names(pl_module.sigma_bucket_edges)] \
             if hasattr(pl_module, "sigma_bucket_edges") else []
@@ -291,8 +318,11 @@ class LiveTrainingView(pl.Callback):
         return text
 
     def _sample_due(self, step: int) -> bool:
-        every = self.sample_every_n_steps
-        return bool(every) and step > 0 and step % every == 0 and step != self._last_sample_step
+        elapsed = time.monotonic() - self._t0 if self._t0 is not None else 0.0
+        due, draw = sample_due(step, self.sample_every_n_steps, self._last_sample_step, self._fit_sample_s, elapsed,
+                               self.max_sample_fraction)
+        if due and not draw: self.samples_skipped += 1; self._last_sample_step = step
+        return draw
 
     def _sample(self, trainer, pl_module):
         "A sample grid from the EMA model, with fixed noise and the global RNG state restored afterwards."
@@ -301,10 +331,10 @@ class LiveTrainingView(pl.Callback):
         labels = self.class_labels if self.class_labels is not None else sample_class_labels(self.n_samples, _num_classes(pl_module))
         cuda = [pl_module.device.index or 0] if pl_module.device.type == "cuda" else []
         t = time.perf_counter()
-        with torch.no_grad(), torch.random.fork_rng(devices=cuda):
+        with torch.no_grad(), torch.random.fork_rng(devices=cuda), _cudnn_without_autotuning():
             images = pl_module.generate(self.n_samples, class_labels=labels, seed=self.sample_seed)
         self._grid, self._grid_dirty = image_grid(images), True   # image_grid copies to the host: the time is complete
-        self.samples_drawn += 1; self.sample_seconds.append(time.perf_counter() - t)
+        self.samples_drawn += 1; self.sample_seconds.append(time.perf_counter() - t); self._fit_sample_s += self.sample_seconds[-1]
 
     # --- stopping -------------------------------------------------------------------------------------------
     def request_stop(self):
@@ -327,7 +357,7 @@ class LiveTrainingView(pl.Callback):
 
 # %% ../nbs/17_live.ipynb #bac3d3b2
 class BackgroundFit:
-    """Handle of a `trainer.fit` running in a daemon thread (see `fit_in_background`).
+    """Handle of a `trainer.fit` running on the background thread (see `fit_in_background`).
 
     `done`: True once fit returned or raised. `join(timeout=None) -> done`. `exception`: what fit raised, or None.
     `stop()`: ask training to stop at the end of the current step (thread-safe)."""
@@ -340,7 +370,7 @@ class BackgroundFit:
 
     def join(self, timeout: float | None = None) -> bool:
         "Wait until fit ends (or `timeout` seconds); return `done`."
-        self.thread.join(timeout); return self.done
+        return self._finished.wait(timeout)
 
     def stop(self):
         "Stop at the end of the current step; an attached `LiveTrainingView` saves its checkpoint first."
@@ -364,8 +394,10 @@ def fit_in_background(trainer: pl.Trainer, # a Trainer for one device; progress 
                       ckpt_path: str | None = None, # resume from this checkpoint, as in `Trainer.fit`
                       weights_only: bool | None = None, # as in `Trainer.fit`; False to resume a `DiffusionEngine` checkpoint (it holds RNG states)
                      ) -> BackgroundFit:
-    """Run `trainer.fit(model, ...)` in a daemon thread and return at once with a `BackgroundFit` handle.
+    """Run `trainer.fit(model, ...)` on a background daemon thread and return at once with a `BackgroundFit` handle.
 
+    Every call uses the same thread (`handle.thread`): fits run one after another, and CUDA graphs recorded by one
+    fit can be recorded again by the next (torch cannot re-record them from another thread).
     Exceptions inside fit are stored in `handle.exception` (not raised). Raises `TypeError` if `trainer` is not a
     `lightning.pytorch.Trainer`; warns if its progress bar is on. Ctrl-C does not reach the thread: use `handle.stop()`."""
     if not isinstance(trainer, pl.Trainer): raise TypeError(f"trainer must be a lightning.pytorch.Trainer; got {type(trainer).__name__}")
@@ -380,6 +412,16 @@ def fit_in_background(trainer: pl.Trainer, # a Trainer for one device; progress 
         except BaseException as e: handle.exception = e
         finally:
             trainer.callbacks.remove(handle._stop_flag); handle._finished.set()
-    handle.thread = threading.Thread(target=run, name="fit_in_background", daemon=True)
-    handle.thread.start()
+    handle.thread = _fit_thread(); _FIT_JOBS.put(run)
     return handle
+
+_FIT_JOBS, _FIT_THREAD = queue.SimpleQueue(), None
+
+def _fit_thread() -> threading.Thread:
+    "The one daemon thread that runs the fits of `fit_in_background`, in turn (started on first use)."
+    global _FIT_THREAD
+    if _FIT_THREAD is None or not _FIT_THREAD.is_alive():
+        def work():
+            while True: _FIT_JOBS.get()()
+        _FIT_THREAD = threading.Thread(target=work, name="fit_in_background", daemon=True); _FIT_THREAD.start()
+    return _FIT_THREAD

@@ -202,11 +202,38 @@ def test_sample_grid_every_n_steps_does_not_change_training():
         m = toy_engine(sampler=EulerEDMSampler(num_steps=4))
         trainer(20, *cbs).fit(m, train_dataloaders=toy_batches())
         return torch.cat([p.detach().flatten() for p in m.parameters()])
-    view = LiveTrainingView(sample_every_n_steps=5, n_samples=6, min_interval_s=0)
+    view = LiveTrainingView(sample_every_n_steps=5, n_samples=6, min_interval_s=0, max_sample_fraction=None)
     assert torch.equal(run(), run(view))
     assert view.samples_drawn == 4 and view.errors == 0
     assert view._grid.shape == (2 * 3 + 1, 3 * 3 + 1, 3)                                # 6 samples of 2×2, 3 per row
     assert view.traces["samples"].source.startswith("data:image/png;base64,")
+
+def test_background_fits_share_one_thread_and_run_in_turn():
+    a = fit_in_background(trainer(15), toy_engine(), train_dataloaders=toy_batches())
+    b = fit_in_background(trainer(10), toy_engine(), train_dataloaders=toy_batches())   # queued behind a
+    assert b.join(60) and a.done and a.thread is b.thread and a.thread.daemon
+    assert (a.exception, b.exception, a.trainer.global_step, b.trainer.global_step) == (None, None, 15, 10)
+
+class SlowGrids(pl.Callback):
+    "Makes every sample grid take `seconds` (a stand-in for a big sampler) and training steps take `step_s`."
+    def __init__(self, seconds, step_s): self.seconds, self.step_s = seconds, step_s
+    def on_train_start(self, trainer, pl_module):
+        generate = pl_module.generate
+        def slow(*a, **kw): time.sleep(self.seconds); return generate(*a, **kw)
+        pl_module.generate = slow
+    def on_train_batch_start(self, *args): time.sleep(self.step_s)
+
+@pytest.mark.parametrize("fraction, drawn", [(0.05, 1), (None, 6)])
+def test_sample_grids_stay_within_their_time_budget(fraction, drawn):
+    # grids of 0.2 s every 5 steps of 5 ms: the first is drawn; with 5 % of ~0.5 s, none of the next 5 fits
+    view = LiveTrainingView(sample_every_n_steps=5, n_samples=2, max_sample_fraction=fraction)
+    trainer(30, SlowGrids(0.2, 0.005), view).fit(toy_engine(sampler=EulerEDMSampler(num_steps=2)), train_dataloaders=toy_batches())
+    assert view.samples_drawn == drawn and view.samples_skipped == 6 - drawn and view.errors == 0
+    assert all(s >= 0.2 for s in view.sample_seconds)
+
+@pytest.mark.parametrize("bad", [0, -0.1, 1.5, float("nan")])
+def test_bad_max_sample_fraction_is_named(bad):
+    with pytest.raises(ValueError, match="max_sample_fraction"): LiveTrainingView(max_sample_fraction=bad)
 
 def test_no_sampler_no_grid():
     view = LiveTrainingView(sample_every_n_steps=2)
