@@ -7,6 +7,13 @@
 #   bash bench/issue5_next.sh b OUT   DDP on 2 GPUs: NCCL transport (NCCL_DEBUG=INFO), a profile of a DDP step,
 #                                      static graph + bucket view, bf16-compressed all-reduce, the compiled step;
 #                                      then the latent U-Net's missing (c) rows while time is left
+#   bash bench/issue5_next.sh d OUT   call b's latent rows on GPU 0 (b's DDP runs left them no time); GPU 1: sampling
+#                                      speed, then the notebook with a grid every 300 steps
+#   bash bench/issue5_next.sh e OUT   a's other half: GPU 0 the notebook with redraws >= 5 s apart; GPU 1 the refit
+#   bash bench/issue5_next.sh f OUT   after d and e's fixes: GPU 0 the notebook on the view's defaults (grid budget),
+#                                      GPU 1 the refit variants with the engine's fix
+#   bash bench/issue5_next.sh g OUT   after f: GPU 0 the notebook with redraws >= 1 s apart, GPU 1 the refit variants
+#                                      with CUDA graphs recorded on the first thread only
 #   bash bench/issue5_next.sh c OUT   if device time is left: is the compiled step worth its ~100 s for a 4-minute
 #                                      Fashion-MNIST run? GPU 0 the defaults, GPU 1 `--no-fast compile`, same minutes
 # Same environment as bench/issue5_gpu.sh. Results: OUT/results.tgz and the logs beside it.
@@ -15,7 +22,37 @@ what=${1:?a, b or c}; out=${2:?out dir}; deadline=${3:-560}; mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 start=$(date +%s); left() { echo $(( deadline - ${1:-0} - ($(date +%s) - start) )); }
 stamp() { echo "$(date +%T) [+$(( $(date +%s) - start ))s] $*"; }
-if [ "$what" = a ]; then
+latent() { local t; t=$(left 20); [ "$t" -gt 200 ] && timeout "$t" python3 bench/train_throughput.py --out "$out/latent" --models latent64 \
+    --deadline "$((t - 10))" --compile-estimate 150 --rows c-cudagraphs,c-big-batch,c-channels-last; }
+if [ "$what" = d ]; then   # the latent rows on GPU 0; sampling speed, then the notebook with grids, on GPU 1
+  (export CUDA_VISIBLE_DEVICES=0; stamp latent; latent; echo "latent rc=$?"; stamp end) > "$out/latent.log" 2>&1 &
+  (export CUDA_VISIBLE_DEVICES=1
+   stamp sampling; timeout 240 python3 bench/sampling_speed.py --out "$out/sampling"; echo "sampling rc=$?"
+   stamp live; timeout "$(left 20)" python3 bench/live_view_gpu.py --out "$out/live" --view-kw '{"sample_every_n_steps": 300}'; echo "live rc=$?"
+   stamp end) > "$out/gpu1.log" 2>&1 &
+  wait
+elif [ "$what" = e ]; then   # the notebook with redraws >= 5 s apart on GPU 0; the refit failure on GPU 1
+  (export CUDA_VISIBLE_DEVICES=0; stamp live-slow
+   timeout "$(left 20)" python3 bench/live_view_gpu.py --out "$out/live_slow" --view-kw '{"sample_every_n_steps": null, "min_interval_s": 5}'
+   echo "live-slow rc=$?"; stamp end) > "$out/gpu0.log" 2>&1 &
+  (export CUDA_VISIBLE_DEVICES=1; stamp refit; timeout "$(left 20)" python3 bench/refit_cudagraphs.py --out "$out/refit" --timeout 90
+   echo "refit rc=$?"; stamp end) > "$out/gpu1.log" 2>&1 &
+  wait
+elif [ "$what" = f ]; then   # after the fixes: the notebook on the view's defaults (grid budget); the refit with the engine's fix
+  (export CUDA_VISIBLE_DEVICES=0; stamp live-default; timeout "$(left 20)" python3 bench/live_view_gpu.py --out "$out/live_default" --blocks 20
+   echo "live-default rc=$?"; stamp end) > "$out/gpu0.log" 2>&1 &
+  (export CUDA_VISIBLE_DEVICES=1; stamp refit
+   timeout "$(left 20)" python3 bench/refit_cudagraphs.py --out "$out/refit_fixed" --timeout 150 --variants bg-main,bg-bg,main-main,worker-worker
+   echo "refit rc=$?"; stamp end) > "$out/gpu1.log" 2>&1 &
+  wait
+elif [ "$what" = g ]; then   # after f: redraws >= 1 s apart (grid budget on); the refit with graphs on the first thread only
+  (export CUDA_VISIBLE_DEVICES=0; stamp live-1s; timeout "$(left 20)" python3 bench/live_view_gpu.py --out "$out/live_1s" --blocks 20 --view-kw '{"min_interval_s": 1}'
+   echo "live-1s rc=$?"; stamp end) > "$out/gpu0.log" 2>&1 &
+  (export CUDA_VISIBLE_DEVICES=1; stamp refit
+   timeout "$(left 20)" python3 bench/refit_cudagraphs.py --out "$out/refit_thread" --timeout 150 --variants bg-main,bg-bg,main-main,worker-worker
+   echo "refit rc=$?"; stamp end) > "$out/gpu1.log" 2>&1 &
+  wait
+elif [ "$what" = a ]; then
   (export CUDA_VISIBLE_DEVICES=0   # then: does the view's cost follow its redraws? (≥ 5 s apart, no grids)
    stamp sampling; timeout 300 python3 bench/sampling_speed.py --out "$out/sampling"; echo "sampling rc=$?"
    stamp live-slow; timeout "$(left 20)" python3 bench/live_view_gpu.py --out "$out/live_slow" --view-kw '{"sample_every_n_steps": null, "min_interval_s": 5}'
@@ -41,8 +78,7 @@ else
     ddp --devices 1 --engine-kw '{"compile_step": true, "cuda_graphs": false}'
     ddp --devices 2 --engine-kw '{"compile_step": true, "cuda_graphs": false}' --static-graph --bucket-view
   } > "$out/ddp.log" 2>&1
-  t=$(left 20); [ "$t" -gt 200 ] && CUDA_VISIBLE_DEVICES=0 timeout "$t" python3 bench/train_throughput.py --out "$out/latent" --models latent64 \
-    --deadline "$((t - 10))" --compile-estimate 150 --rows c-cudagraphs,c-big-batch,c-channels-last > "$out/latent.log" 2>&1
+  CUDA_VISIBLE_DEVICES=0 latent > "$out/latent.log" 2>&1
 fi
 (cd "$out" && tar czf /tmp/results.tgz . && mv /tmp/results.tgz . && find . -mindepth 1 -maxdepth 1 ! -name results.tgz ! -name '*.log' -exec rm -rf {} +)
 for f in "$out"/*.log; do echo "== $f"; tr '\r' '\n' < "$f" | grep -v -i -E "warn|it/s|^\s*$|originates|upsampling.py|is_torch_version" | tail -30; done

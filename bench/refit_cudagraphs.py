@@ -8,7 +8,7 @@ Each variant runs in its own process (fresh compiler and CUDA-graph state) with 
 `--steps` steps each, and reports ok or the error:
   main-main        both fits on the main thread
   worker-worker    both fits on one long-lived worker thread
-  bg-bg            two `fit_in_background` calls (two threads)
+  bg-bg            two `fit_in_background` calls (one thread since the fix; two threads before)
   bg-main          `fit_in_background`, then the main thread (the failing case)
   bg-main-nograph  the same with cuda_graphs=False
   bg-main-stay     bg-main, with the engine kept on the GPU between the fits (no CPU round trip)
@@ -63,6 +63,7 @@ def child(variant: str, steps: int) -> dict:
         except Exception as e:
             out["error"] = f"fit {i + 1}: {type(e).__name__}: {e}"[:400]; out["traceback"] = traceback.format_exc()[-2000:]; break
     out["ok"] = "error" not in out
+    out["graphs_last_fit"] = engine._compiled_graphs   # False: the engine compiled that fit without CUDA graphs
     return out
 
 
@@ -86,7 +87,7 @@ def main(argv=None):
             line = next((l for l in p.stdout.splitlines() if l.startswith("RESULT ")), None)
             res = json.loads(line[7:]) if line else {"variant": v, "ok": False, "error": f"exit {p.returncode}: {p.stderr[-600:]}"}
         except subprocess.TimeoutExpired: res = {"variant": v, "ok": False, "error": f"timed out after {args.timeout} s"}
-        results.append(res); print(json.dumps({k: res.get(k) for k in ("variant", "ok", "error", "fit1_s", "fit2_s")}), flush=True)
+        results.append(res); print(json.dumps({k: res.get(k) for k in ("variant", "ok", "error", "fit1_s", "fit2_s", "graphs_last_fit")}), flush=True)
         (out / "refit_cudagraphs.json").write_text(json.dumps(results, indent=1))   # after each variant: a timeout keeps the rest
 
 

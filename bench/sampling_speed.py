@@ -53,6 +53,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True); ap.add_argument("--ckpt"); ap.add_argument("--n", type=int, default=256)
     ap.add_argument("--reps", type=int, default=5); ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark=True, as in training on the GPU defaults")
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny network, 10 samples, 1 repetition (overrides --n, --reps)")
     args = ap.parse_args(argv)
     bad = [v for v in args.variants.split(",") if v not in VARIANTS]
@@ -61,7 +62,7 @@ def main(argv=None):
     if args.ckpt and not Path(args.ckpt).is_file(): ap.error(f"--ckpt: no such file: {args.ckpt}")
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     if args.smoke: args.n, args.reps = 10, 1
-    torch.set_float32_matmul_precision("high")
+    torch.set_float32_matmul_precision("high"); torch.backends.cudnn.benchmark = args.cudnn_benchmark
     engine = engine_for(args, device)
     rows = []
     for variant in args.variants.split(","):
