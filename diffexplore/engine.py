@@ -105,16 +105,16 @@ class NonFiniteLossError(RuntimeError):
 
 def _identity(x): return x
 
-_GRAPH_THREAD = None   # the thread that records CUDA graphs in this process (torch's CUDA-graph trees live in it)
+_GRAPH_THREAD = None   # the thread (object: ids are reused) that records CUDA graphs in this process
 
-def _may_record_cuda_graphs(engine) -> bool:
+def _may_record_cuda_graphs() -> bool:
     """True when CUDA graphs may be recorded on this thread: the first thread to ask, and only it. On the H200 a
     re-recording from a later thread (a second `fit_in_background`, or `trainer.fit` in a cell after one) stopped
     with "operation failed due to a previous error during capture", also after `torch.compiler.reset()`
     (`bench/refit_cudagraphs.py`, BENCHMARKS.md). Elsewhere the step is compiled without CUDA graphs, with a warning."""
     global _GRAPH_THREAD
-    if _GRAPH_THREAD is None: _GRAPH_THREAD = threading.get_ident()
-    if _GRAPH_THREAD == threading.get_ident(): return True
+    if _GRAPH_THREAD is None: _GRAPH_THREAD = threading.current_thread()
+    if _GRAPH_THREAD is threading.current_thread(): return True
     warnings.warn("DiffusionEngine: CUDA graphs were recorded on another thread in this process, and torch cannot "
                   "record them again from this one; this fit compiles its step without CUDA graphs. Train on the "
                   "thread of the first fit (fit_in_background always uses the same one) to keep them.", RuntimeWarning)
@@ -137,8 +137,9 @@ class DiffusionEngine(pl.LightningModule):
     loss makes the fused AdamW skip that step and is raised one step later; host-side values are logged only on
     the steps the loggers write); `fused_optimizer`: fused AdamW (without it the NaN check syncs each step);
     `compile_step`: `torch.compile` of preconditioning + network + loss, forward and backward (needs
-    `sync_checks=False`); `cuda_graphs`: the compiled step replayed as CUDA graphs ("reduce-overhead");
-    `channels_last` (default off, slower in eager mode): NHWC memory format for network and input.
+    `sync_checks=False`); `cuda_graphs`: the compiled step replayed as CUDA graphs ("reduce-overhead"),
+    recorded only on the first thread in the process that records them (a fit on another thread compiles without
+    graphs and warns with `RuntimeWarning`; `fit_in_background` always uses one thread); `channels_last` (default off, slower in eager mode): NHWC memory format for network and input.
     Source: `sgm/models/diffusion.py: DiffusionEngine`."""
     def __init__(self, network: nn.Module, denoiser: nn.Module, loss_fn, conditioner: nn.Module = None,
                  first_stage: nn.Module = None, sampler=None, lr: float = 1e-4, betas=(0.9, 0.999),
@@ -161,8 +162,8 @@ class DiffusionEngine(pl.LightningModule):
         self.config = None   # the full run config, saved into checkpoints by the CLI
         self.sync_checks, self.fused_optimizer, self.compile_step = sync_checks, fused_optimizer, compile_step
         self.cuda_graphs, self.channels_last = cuda_graphs, channels_last
-        self._compiled, self._compiled_shape, self._pending, self._compiled_thread = None, None, None, None
-        self._compiled_graphs = False
+        self._pending = None
+        self._forget_compiled()
 
     # --- the seed's Levels 1-3 -------------------------------------------------------------
     def get_input(self, batch: dict) -> Tensor: return batch[self.input_key]
@@ -271,10 +272,10 @@ class DiffusionEngine(pl.LightningModule):
         "`_loss_on_device`, compiled (`compile_step`) for the first batch shape; other shapes (a short last batch) run eagerly."
         if not self._on("compile_step"): return self._loss_on_device
         if self._compiled is None:
-            self._compiled_graphs = self._on("cuda_graphs") and _may_record_cuda_graphs(self)
+            self._compiled_graphs = self._on("cuda_graphs") and _may_record_cuda_graphs()
             mode = "reduce-overhead" if self._compiled_graphs else None
             self._compiled, self._compiled_shape = torch.compile(self._loss_on_device, mode=mode, dynamic=False), tuple(z.shape)
-            self._compiled_thread = threading.get_ident()
+            self._compiled_thread, self._compiled_owner = threading.current_thread(), id(self)
         return self._compiled if tuple(z.shape) == self._compiled_shape else self._loss_on_device
 
     def _guard_nonfinite(self, loss: Tensor, sigmas: Tensor):
@@ -298,8 +299,18 @@ class DiffusionEngine(pl.LightningModule):
 
     def on_fit_start(self):
         if self._on("channels_last"): self.model.to(memory_format=torch.channels_last)
-        if self._compiled is not None and self._compiled_thread != threading.get_ident():
-            self._compiled = self._compiled_shape = None   # compiled on another thread: compile for this one
+        if self._compiled is not None and (self._compiled_thread is not threading.current_thread() or self._compiled_owner != id(self)):
+            self._forget_compiled()   # compiled on another thread, or for the engine this one was copied from
+
+    def _forget_compiled(self):
+        self._compiled = self._compiled_shape = self._compiled_thread = self._compiled_owner = None
+        self._compiled_graphs = False
+
+    def __getstate__(self) -> dict:
+        "As LightningModule's, without the compiled step: it is bound to this object and thread (pickle, deepcopy)."
+        state = super().__getstate__()
+        state.update(_compiled=None, _compiled_shape=None, _compiled_thread=None, _compiled_owner=None, _compiled_graphs=False)
+        return state
 
     # --- optimisation ------------------------------------------------------------------------
     def trainable_parameters(self) -> list:

@@ -62,9 +62,25 @@ def sample_due(step: int, # global step just finished, >= 0
                elapsed_s: float, # seconds since this fit started, >= 0
                max_fraction: float | None, # largest share of the fit's time for grids, in (0, 1]; None: no limit
               ) -> tuple[bool, bool]: # (a grid is due by the step count, it may be drawn now)
-    "Whether a sample grid is due at `step`, and whether the time budget lets it be drawn."
+    """Whether a sample grid is due at `step`, and whether the time budget lets it be drawn (the first grid of a fit
+    always may). Raises `ValueError` naming the argument for `every` < 0, `spent_s` or `elapsed_s` < 0 or NaN, or
+    `max_fraction` outside (0, 1]."""
+    _check_every(every)
+    if not (spent_s >= 0 and elapsed_s >= 0): raise ValueError(f"spent_s and elapsed_s must be >= 0 seconds; got spent_s={spent_s!r}, elapsed_s={elapsed_s!r}")
+    _check_fraction(max_fraction)
     due = bool(every) and step > 0 and step % every == 0 and step != last_step
     return due, due and (max_fraction is None or spent_s <= max_fraction * elapsed_s)
+
+# %% ../nbs/17_live.ipynb #ac3e2484
+def _check_every(every):
+    "`sample_every_n_steps`: an int >= 0, or None."
+    if every is not None and (isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 0):
+        raise ValueError(f"sample_every_n_steps must be an int >= 0 or None; got sample_every_n_steps={every!r}")
+
+def _check_fraction(fraction):
+    "`max_sample_fraction`: a number in (0, 1], or None."
+    if fraction is not None and (isinstance(fraction, bool) or not isinstance(fraction, (int, float, np.floating)) or not 0 < fraction <= 1):
+        raise ValueError(f"max_sample_fraction must be in (0, 1] or None; got max_sample_fraction={fraction!r}")
 
 # %% ../nbs/17_live.ipynb #30a90a5c
 def append_row(columns: dict[str, list[float]], # series by name, each of length `n`; changed in place
@@ -169,11 +185,9 @@ class LiveTrainingView(pl.Callback):
                  max_sample_fraction: float | None = 0.01):
         if not min_interval_s >= 0: raise ValueError(f"min_interval_s must be >= 0; got min_interval_s={min_interval_s!r}")
         if not 0 < max_draw_fraction <= 1: raise ValueError(f"max_draw_fraction must be in (0, 1]; got max_draw_fraction={max_draw_fraction!r}")
-        if max_sample_fraction is not None and not 0 < max_sample_fraction <= 1:
-            raise ValueError(f"max_sample_fraction must be in (0, 1] or None; got max_sample_fraction={max_sample_fraction!r}")
+        _check_fraction(max_sample_fraction)
         ema_smooth([], smoothing)   # raises for a bad β
-        if sample_every_n_steps is not None and int(sample_every_n_steps) < 0:
-            raise ValueError(f"sample_every_n_steps must be >= 0 or None; got sample_every_n_steps={sample_every_n_steps!r}")
+        _check_every(sample_every_n_steps)
         if int(n_samples) < 1: raise ValueError(f"n_samples must be >= 1; got n_samples={n_samples!r}")
         thin([0, 0, 0], max_points)  # raises for a bad max_points
         self.min_interval_s, self.smoothing, self.sample_every_n_steps = float(min_interval_s), smoothing, sample_every_n_steps
@@ -331,10 +345,12 @@ class LiveTrainingView(pl.Callback):
         labels = self.class_labels if self.class_labels is not None else sample_class_labels(self.n_samples, _num_classes(pl_module))
         cuda = [pl_module.device.index or 0] if pl_module.device.type == "cuda" else []
         t = time.perf_counter()
-        with torch.no_grad(), torch.random.fork_rng(devices=cuda), _cudnn_without_autotuning():
-            images = pl_module.generate(self.n_samples, class_labels=labels, seed=self.sample_seed)
-        self._grid, self._grid_dirty = image_grid(images), True   # image_grid copies to the host: the time is complete
-        self.samples_drawn += 1; self.sample_seconds.append(time.perf_counter() - t); self._fit_sample_s += self.sample_seconds[-1]
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=cuda), _cudnn_without_autotuning():
+                images = pl_module.generate(self.n_samples, class_labels=labels, seed=self.sample_seed)
+            self._grid, self._grid_dirty = image_grid(images), True   # image_grid copies to the host: the time is complete
+            self.samples_drawn += 1; self.sample_seconds.append(time.perf_counter() - t)
+        finally: self._fit_sample_s += time.perf_counter() - t   # a failed grid's time counts against the budget too
 
     # --- stopping -------------------------------------------------------------------------------------------
     def request_stop(self):
@@ -357,12 +373,16 @@ class LiveTrainingView(pl.Callback):
 
 # %% ../nbs/17_live.ipynb #bac3d3b2
 class BackgroundFit:
-    """Handle of a `trainer.fit` running on the background thread (see `fit_in_background`).
+    """Handle of a `trainer.fit` queued for or running on the background thread (see `fit_in_background`).
 
-    `done`: True once fit returned or raised. `join(timeout=None) -> done`. `exception`: what fit raised, or None.
-    `stop()`: ask training to stop at the end of the current step (thread-safe)."""
+    `started`: True once the fit began (fits run one at a time: a later one waits, "queued", for the earlier).
+    `done`: True once fit returned or raised, or was cancelled while queued (`cancelled`).
+    `join(timeout=None) -> done` (seconds >= 0 or None; raises `RuntimeError` when called from the background thread
+    itself for a fit that has not ended, which would wait forever). `exception`: what fit raised, or None.
+    `stop()`: stop at the end of the current step; a queued fit is cancelled and never runs (thread-safe)."""
     def __init__(self, trainer: pl.Trainer):
         self.trainer, self.exception, self.thread = trainer, None, None
+        self.started = self.cancelled = False
         self._finished, self._stop_flag = threading.Event(), _StopFlag()
 
     @property
@@ -370,16 +390,22 @@ class BackgroundFit:
 
     def join(self, timeout: float | None = None) -> bool:
         "Wait until fit ends (or `timeout` seconds); return `done`."
+        if not self.done and threading.current_thread() is self.thread:
+            raise RuntimeError("BackgroundFit.join() called from the background fit thread: the fit it waits for runs "
+                               "on this same thread, after the current one, so it would wait forever")
         return self._finished.wait(timeout)
 
     def stop(self):
-        "Stop at the end of the current step; an attached `LiveTrainingView` saves its checkpoint first."
+        "Stop at the end of the current step (cancel, if still queued); an attached `LiveTrainingView` saves its checkpoint first."
+        self._stop_flag.requested = True
+        if not self.started: return
         for cb in self.trainer.callbacks:
             if isinstance(cb, LiveTrainingView): cb.request_stop()
-        self._stop_flag.requested = True
 
     def __repr__(self):
-        state = "running" if not self.done else ("done" if self.exception is None else f"failed: {type(self.exception).__name__}")
+        if not self.done: state = "running" if self.started else "queued"
+        elif self.cancelled: state = "cancelled"
+        else: state = "done" if self.exception is None else f"failed: {type(self.exception).__name__}"
         return f"BackgroundFit({state}, global_step={self.trainer.global_step})"
 
 class _StopFlag(pl.Callback):
@@ -396,8 +422,9 @@ def fit_in_background(trainer: pl.Trainer, # a Trainer for one device; progress 
                      ) -> BackgroundFit:
     """Run `trainer.fit(model, ...)` on a background daemon thread and return at once with a `BackgroundFit` handle.
 
-    Every call uses the same thread (`handle.thread`): fits run one after another, and CUDA graphs recorded by one
-    fit can be recorded again by the next (torch cannot re-record them from another thread).
+    Every call uses the same thread (`handle.thread`): fits run one after another (a fit started while another runs
+    waits, `queued`, until it ends; `handle.stop()` cancels it), and CUDA graphs recorded by one fit can be recorded
+    again by the next (torch cannot re-record them from another thread).
     Exceptions inside fit are stored in `handle.exception` (not raised). Raises `TypeError` if `trainer` is not a
     `lightning.pytorch.Trainer`; warns if its progress bar is on. Ctrl-C does not reach the thread: use `handle.stop()`."""
     if not isinstance(trainer, pl.Trainer): raise TypeError(f"trainer must be a lightning.pytorch.Trainer; got {type(trainer).__name__}")
@@ -406,22 +433,30 @@ def fit_in_background(trainer: pl.Trainer, # a Trainer for one device; progress 
                       "create the Trainer with enable_progress_bar=False (the LiveTrainingView shows progress)")
     handle = BackgroundFit(trainer)
     def run():
-        trainer.callbacks.append(handle._stop_flag)
-        try: trainer.fit(model, train_dataloaders=train_dataloaders, val_dataloaders=val_dataloaders,
-                         datamodule=datamodule, ckpt_path=ckpt_path, weights_only=weights_only)
+        try:
+            handle.started = True   # before the check: `stop()` reads them in the other order
+            if handle._stop_flag.requested: handle.cancelled = True; return   # stopped while queued
+            trainer.callbacks.append(handle._stop_flag)
+            try: trainer.fit(model, train_dataloaders=train_dataloaders, val_dataloaders=val_dataloaders,
+                             datamodule=datamodule, ckpt_path=ckpt_path, weights_only=weights_only)
+            finally:
+                if handle._stop_flag in trainer.callbacks: trainer.callbacks.remove(handle._stop_flag)
         except BaseException as e: handle.exception = e
-        finally:
-            trainer.callbacks.remove(handle._stop_flag); handle._finished.set()
+        finally: handle._finished.set()
     handle.thread = _fit_thread(); _FIT_JOBS.put(run)
     return handle
 
-_FIT_JOBS, _FIT_THREAD = queue.SimpleQueue(), None
+_FIT_JOBS, _FIT_THREAD, _FIT_LOCK = queue.SimpleQueue(), None, threading.Lock()
 
 def _fit_thread() -> threading.Thread:
     "The one daemon thread that runs the fits of `fit_in_background`, in turn (started on first use)."
     global _FIT_THREAD
-    if _FIT_THREAD is None or not _FIT_THREAD.is_alive():
-        def work():
-            while True: _FIT_JOBS.get()()
-        _FIT_THREAD = threading.Thread(target=work, name="fit_in_background", daemon=True); _FIT_THREAD.start()
-    return _FIT_THREAD
+    with _FIT_LOCK:
+        if _FIT_THREAD is None or not _FIT_THREAD.is_alive():
+            def work():
+                while True:
+                    job = _FIT_JOBS.get()
+                    try: job()
+                    except BaseException: pass   # `run` keeps its errors in the handle; the thread must live on
+            _FIT_THREAD = threading.Thread(target=work, name="fit_in_background", daemon=True); _FIT_THREAD.start()
+        return _FIT_THREAD

@@ -214,6 +214,31 @@ def test_background_fits_share_one_thread_and_run_in_turn():
     assert b.join(60) and a.done and a.thread is b.thread and a.thread.daemon
     assert (a.exception, b.exception, a.trainer.global_step, b.trainer.global_step) == (None, None, 15, 10)
 
+def test_a_queued_fit_can_be_cancelled_and_a_failed_fit_keeps_the_thread():
+    long = fit_in_background(trainer(1_000_000), toy_engine(), train_dataloaders=toy_batches())
+    queued = fit_in_background(trainer(10), toy_engine(), train_dataloaders=toy_batches())
+    assert "queued" in repr(queued) and not queued.started
+    queued.stop(); long.stop()
+    assert queued.join(60) and long.done
+    assert queued.cancelled and queued.trainer.global_step == 0 and "cancelled" in repr(queued)
+    bad = fit_in_background(trainer(5), toy_engine(NaNNet()), train_dataloaders=toy_batches())
+    after = fit_in_background(trainer(3), toy_engine(), train_dataloaders=toy_batches())
+    assert after.join(60) and isinstance(bad.exception, NonFiniteLossError) and after.exception is None
+    assert bad.thread is after.thread is long.thread and after.thread.is_alive()
+
+def test_join_from_the_fit_thread_is_refused():
+    seen = []
+    class JoinsLater(pl.Callback):
+        def on_train_end(self, trainer, pl_module):
+            inner = fit_in_background(trainer_(2), toy_engine(), train_dataloaders=toy_batches())
+            try: inner.join()
+            except RuntimeError as e: seen.append(str(e))
+            seen.append(inner)
+    trainer_ = trainer
+    outer = fit_in_background(trainer(2, JoinsLater()), toy_engine(), train_dataloaders=toy_batches())
+    assert outer.join(60) and outer.exception is None and "would wait forever" in seen[0]
+    assert seen[1].join(60) and seen[1].trainer.global_step == 2
+
 class SlowGrids(pl.Callback):
     "Makes every sample grid take `seconds` (a stand-in for a big sampler) and training steps take `step_s`."
     def __init__(self, seconds, step_s): self.seconds, self.step_s = seconds, step_s
@@ -223,17 +248,31 @@ class SlowGrids(pl.Callback):
         pl_module.generate = slow
     def on_train_batch_start(self, *args): time.sleep(self.step_s)
 
-@pytest.mark.parametrize("fraction, drawn", [(0.05, 1), (None, 6)])
-def test_sample_grids_stay_within_their_time_budget(fraction, drawn):
-    # grids of 0.2 s every 5 steps of 5 ms: the first is drawn; with 5 % of ~0.5 s, none of the next 5 fits
+@pytest.mark.parametrize("fraction, grid_s, drawn", [(0.05, 1.0, 1), (None, 0.05, 6)])
+def test_sample_grids_stay_within_their_time_budget(fraction, grid_s, drawn):
+    # grids every 5 of 30 steps (5 ms each + Lightning's few ms); with 5 %, a second 1 s grid would need 20 s of
+    # training: the first grid is drawn, the other 5 are skipped. Without a budget all 6 are drawn.
     view = LiveTrainingView(sample_every_n_steps=5, n_samples=2, max_sample_fraction=fraction)
-    trainer(30, SlowGrids(0.2, 0.005), view).fit(toy_engine(sampler=EulerEDMSampler(num_steps=2)), train_dataloaders=toy_batches())
+    trainer(30, SlowGrids(grid_s, 0.005), view).fit(toy_engine(sampler=EulerEDMSampler(num_steps=2)), train_dataloaders=toy_batches())
     assert view.samples_drawn == drawn and view.samples_skipped == 6 - drawn and view.errors == 0
-    assert all(s >= 0.2 for s in view.sample_seconds)
+    assert all(s >= grid_s for s in view.sample_seconds)
 
-@pytest.mark.parametrize("bad", [0, -0.1, 1.5, float("nan")])
-def test_bad_max_sample_fraction_is_named(bad):
-    with pytest.raises(ValueError, match="max_sample_fraction"): LiveTrainingView(max_sample_fraction=bad)
+def test_failed_grids_count_against_the_budget():
+    class Failing(SlowGrids):
+        def on_train_start(self, trainer, pl_module):
+            def fail(*a, **kw): time.sleep(self.seconds); raise RuntimeError("sampler broke")
+            pl_module.generate = fail
+    view = LiveTrainingView(sample_every_n_steps=5, n_samples=2, max_sample_fraction=0.05)
+    with pytest.warns(RuntimeWarning, match="sampler broke"):
+        trainer(30, Failing(1.0, 0.005), view).fit(toy_engine(sampler=EulerEDMSampler(num_steps=2)), train_dataloaders=toy_batches())
+    assert (view.errors, view.samples_drawn, view.samples_skipped) == (1, 0, 5)   # tried once, not at every due step
+
+@pytest.mark.parametrize("kw", [{"max_sample_fraction": 0}, {"max_sample_fraction": -0.1}, {"max_sample_fraction": 1.5},
+                                {"max_sample_fraction": float("nan")}, {"max_sample_fraction": "0.5"}, {"max_sample_fraction": True},
+                                {"sample_every_n_steps": "5"}, {"sample_every_n_steps": 2.5}, {"sample_every_n_steps": True}])
+def test_bad_grid_settings_are_named(kw):
+    (name, value), = kw.items()
+    with pytest.raises(ValueError, match=f"{name}={value!r}".replace("(", r"\(").replace(".", r"\.")): LiveTrainingView(**kw)
 
 def test_no_sampler_no_grid():
     view = LiveTrainingView(sample_every_n_steps=2)
@@ -294,9 +333,9 @@ def test_stop_uses_the_model_checkpoint_dir_and_handle_stop(tmp_path):
 def test_handle_stop_without_a_view_and_before_training_starts():
     t = trainer(1_000_000)
     handle = fit_in_background(t, toy_engine(), train_dataloaders=toy_batches())
-    handle.stop()                                                       # possibly before fit() has even reset should_stop
+    handle.stop()                                  # possibly before the fit starts (cancelled) or resets should_stop
     assert handle.join(timeout=120) and handle.exception is None
-    assert 1 <= t.global_step < 1_000_000
+    assert (handle.cancelled and t.global_step == 0) or (not handle.cancelled and 1 <= t.global_step < 1_000_000)
 
 def test_background_fit_reports_the_exception():
     view = LiveTrainingView(sample_every_n_steps=None)
