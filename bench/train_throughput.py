@@ -204,9 +204,10 @@ CATEGORIES = [("nccl (DDP all-reduce)", ("nccl",)),
 def profile_summary(prof, title, steps) -> str:
     ka = prof.key_averages()
     attr = "self_device_time_total" if hasattr(next(iter(ka)), "self_device_time_total") else "self_cuda_time_total"
-    # GPU kernels only: no CPU time of their own; not aten ops, not user ranges such as "Optimizer.step#AdamW.step"
+    # GPU kernels only: no CPU time of their own; not aten ops, not user ranges such as "Optimizer.step#AdamW.step",
+    # not the ranges NCCL and DDP put around their kernels ("nccl:all_reduce", "DistributedDataParallel.forward")
     kernels = [e for e in ka if getattr(e, attr, 0) > 0 and e.self_cpu_time_total == 0 and "#" not in e.key
-               and not e.key.startswith(("aten::", "ProfilerStep", "Optimizer", "autograd::"))]
+               and not e.key.startswith(("aten::", "ProfilerStep", "Optimizer", "autograd::", "nccl:", "DistributedDataParallel"))]
     total = sum(getattr(e, attr) for e in kernels)
     cats = {}
     for e in kernels:
