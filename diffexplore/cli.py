@@ -4,7 +4,7 @@
 
 # %% ../nbs/14_cli.ipynb #2136e276
 from __future__ import annotations
-import argparse, csv, difflib, json, math, os, sys, time, types, typing
+import argparse, csv, difflib, json, math, os, sys, time, types, typing, warnings
 from pathlib import Path
 import numpy as np
 import torch
@@ -297,7 +297,12 @@ def train(cfg: DictConfig, # a loaded config (see `load_config`)
     trainer = make_trainer(cfg, run_dir, num_classes=getattr(dm, "num_classes", None), engine=engine, fast_off=fast_off,
                            resume_step=resume_step)
     t0 = time.time()
-    trainer.fit(engine, datamodule=dm, ckpt_path=str(resume) if resume else None)
+    with warnings.catch_warnings():
+        # With an on-exception checkpoint, Lightning reads a fresh run's `ckpt_path=None` as "last" and warns twice
+        # that there is none; a fresh run directory holds no checkpoint (checked above), so both are noise.
+        for text in (r"`\.fit\(ckpt_path=None\)` was called without a model", r'\.fit\(ckpt_path="last"\) is set, but there is no last'):
+            warnings.filterwarnings("ignore", message=text)
+        trainer.fit(engine, datamodule=dm, ckpt_path=str(resume) if resume else None)
     engine.to(trainer.strategy.root_device)   # Lightning's teardown moved it to the CPU: judge on the training device
     summary = {"global_step": trainer.global_step, "train_seconds": round(time.time() - t0, 1),
                "final_loss": _float(trainer.callback_metrics.get("train/loss")),
