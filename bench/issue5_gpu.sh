@@ -8,10 +8,8 @@
 # a judge-classifier cache in $DIFFEXPLORE_CACHE. Results are packed into OUT/results.tgz; logs stay beside it.
 set -uo pipefail
 out=${1:?out dir}; deadline=${2:-560}; skip=${3:-}; mkdir -p "$out"
+source "$(dirname "$0")/_gpu_call.sh"
 reserve=130; [[ ,$skip, == *,ddp,* ]] && reserve=10   # seconds kept for the DDP runs
-export PYTHONUNBUFFERED=1
-start=$(date +%s); left() { echo $(( deadline - ${1:-0} - ($(date +%s) - start) )); }
-stamp() { echo "$(date +%T) [+$(( $(date +%s) - start ))s] $*"; }
 if [[ ,$skip, != *,fashion,* ]]; then
   (stamp fashion start; CUDA_VISIBLE_DEVICES=0 timeout "$(left $reserve)" bash bench/fashion_gpu.sh "$out/fashion" "${FASHION_MINUTES:-5}" "${FASHION_MNIST_ROOT:-/usr/share/datasets/fashion-mnist}"
    echo "fashion rc=$?"; stamp fashion end) > "$out/fashion.log" 2>&1 &
@@ -31,5 +29,4 @@ if [[ ,$skip, != *,ddp,* ]]; then
     done
   done
 fi
-(cd "$out" && tar czf /tmp/results.tgz . && mv /tmp/results.tgz . && find . -mindepth 1 -maxdepth 1 ! -name results.tgz ! -name '*.log' -exec rm -rf {} +)
-for f in "$out"/*.log; do echo "== $f"; tr '\r' '\n' < "$f" | grep -v -i -E "warn|it/s|^\s*$|originates|upsampling.py|is_torch_version" | tail -22; done
+finish 22

@@ -19,9 +19,7 @@
 # Same environment as bench/issue5_gpu.sh. Results: OUT/results.tgz and the logs beside it.
 set -uo pipefail
 what=${1:?a, b or c}; out=${2:?out dir}; deadline=${3:-560}; mkdir -p "$out"
-export PYTHONUNBUFFERED=1
-start=$(date +%s); left() { echo $(( deadline - ${1:-0} - ($(date +%s) - start) )); }
-stamp() { echo "$(date +%T) [+$(( $(date +%s) - start ))s] $*"; }
+source "$(dirname "$0")/_gpu_call.sh"
 latent() { local t; t=$(left 20); [ "$t" -gt 200 ] && timeout "$t" python3 bench/train_throughput.py --out "$out/latent" --models latent64 \
     --deadline "$((t - 10))" --compile-estimate 150 --rows c-cudagraphs,c-big-batch,c-channels-last; }
 if [ "$what" = d ]; then   # the latent rows on GPU 0; sampling speed, then the notebook with grids, on GPU 1
@@ -80,5 +78,4 @@ else
   } > "$out/ddp.log" 2>&1
   CUDA_VISIBLE_DEVICES=0 latent > "$out/latent.log" 2>&1
 fi
-(cd "$out" && tar czf /tmp/results.tgz . && mv /tmp/results.tgz . && find . -mindepth 1 -maxdepth 1 ! -name results.tgz ! -name '*.log' -exec rm -rf {} +)
-for f in "$out"/*.log; do echo "== $f"; tr '\r' '\n' < "$f" | grep -v -i -E "warn|it/s|^\s*$|originates|upsampling.py|is_torch_version" | tail -30; done
+finish 30
