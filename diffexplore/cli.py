@@ -158,10 +158,13 @@ class FinalCheckpoint(Callback):
     """Write `last.ckpt` at the last step (max_steps reached, or a stop requested), whatever `checkpoint_every_n_steps`
     is. It saves at the end of that batch, as `ModelCheckpoint` does, where the data loader's saved position is the
     next batch to train on; saving later (at `on_train_end`, after the loader has fetched ahead) would make a resumed
-    run skip a batch — that is only the fallback for runs that end otherwise (max_epochs, max_time)."""
-    def __init__(self, path): self.path, self._saved_step = Path(path), None
+    run skip a batch — that is only the fallback for runs that end otherwise (max_epochs, max_time).
+    `every_n_steps` (int >= 0): the `ModelCheckpoint`'s `every_n_train_steps`; a last step that is a multiple of it
+    is left to that callback (`save_last=True`), so `last.ckpt` is written once."""
+    def __init__(self, path, every_n_steps: int = 0): self.path, self.every_n_steps, self._saved_step = Path(path), int(every_n_steps), None
     def _save(self, trainer):
-        trainer.save_checkpoint(self.path); self._saved_step = trainer.global_step
+        if not (self.every_n_steps > 0 and trainer.global_step % self.every_n_steps == 0): trainer.save_checkpoint(self.path)
+        self._saved_step = trainer.global_step
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if (trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps) or trainer.should_stop: self._save(trainer)
     def on_train_end(self, trainer, pl_module):
@@ -256,12 +259,12 @@ def make_trainer(cfg: DictConfig, run_dir: Path, num_classes=None, extra_callbac
                 ) -> pl.Trainer:
     "A Lightning `Trainer` from the config's `trainer` section, with checkpoints, sample grids and loggers under `run_dir`; on a GPU the fast settings (`fast_gpu_settings`) except those in `fast_off`."
     lcfg = cfg.get("lightning", {}) or {}
-    ckpt_dir = run_dir / "checkpoints"
+    ckpt_dir, every_n = run_dir / "checkpoints", int(lcfg.get("checkpoint_every_n_steps", 500))
     callbacks = [
         ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="train/loss", mode="min", save_last=True,
-                        every_n_train_steps=int(lcfg.get("checkpoint_every_n_steps", 500)), enable_version_counter=False),
+                        every_n_train_steps=every_n, enable_version_counter=False),
         InterruptCheckpoint(dirpath=str(ckpt_dir), filename="interrupted"),
-        FinalCheckpoint(ckpt_dir / "last.ckpt"),
+        FinalCheckpoint(ckpt_dir / "last.ckpt", every_n_steps=every_n),
         SampleGridCallback(run_dir / "samples", every_n_steps=int(lcfg.get("sample_every_n_steps", 1000)),
                            per_class=int(lcfg.get("samples_per_class", 8)), num_classes=num_classes),
         *extra_callbacks]

@@ -101,6 +101,20 @@ def test_resume_is_exact(tmp_path):
     np.testing.assert_array_equal(m1["train/loss"][1], m2["train/loss"][1])
 
 
+@pytest.mark.parametrize("max_steps, every, expected", [(4, 2, [2, 4]), (5, 2, [2, 4, 5])])
+def test_last_checkpoint_is_written_once_per_step(tmp_path, monkeypatch, max_steps, every, expected):
+    # ModelCheckpoint(save_last=True) writes last.ckpt on multiples of checkpoint_every_n_steps; FinalCheckpoint
+    # only at a last step that is not one
+    import lightning.pytorch as pl
+    saves, save = [], pl.Trainer.save_checkpoint
+    def recording(self, filepath, *a, **kw):
+        if Path(filepath).name == "last.ckpt": saves.append(self.global_step)
+        return save(self, filepath, *a, **kw)
+    monkeypatch.setattr(pl.Trainer, "save_checkpoint", recording)
+    rc = main(["train", "--config", str(CONFIG), "--run-dir", str(tmp_path / "r"), f"trainer.max_steps={max_steps}",
+               f"lightning.checkpoint_every_n_steps={every}", "lightning.sample_every_n_steps=0", "lightning.judge_samples=0", *TINY])
+    assert rc == 0 and saves == expected
+
 def test_existing_run_dir_is_not_overwritten(run20, capsys):
     assert main(["train", "--config", str(CONFIG), "--run-dir", str(run20), "trainer.max_steps=2", *TINY]) == 2
     assert "--resume" in capsys.readouterr().err
