@@ -324,7 +324,9 @@ class DiffusionEngine(pl.LightningModule):
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         """The Trainer's `gradient_clip_val`, also with a fused AdamW: without a gradient scaler (fp32, bf16-mixed)
         the gradients are true gradients and are clipped with torch's `clip_grad_norm_`/`clip_grad_value_`
-        (Lightning refuses fused optimizers outright); with fp16's scaler Lightning's own path (and its error) applies."""
+        (Lightning refuses fused optimizers outright); with fp16's scaler Lightning's own path (and its error) applies.
+        `gradient_clip_val` > 0 (total L2 norm, or each element's |g| for `gradient_clip_algorithm="value"`).
+        Source: `lightning.pytorch.LightningModule.configure_gradient_clipping` / `clip_gradients`, which it replaces."""
         scaler = getattr(getattr(self.trainer, "precision_plugin", None), "scaler", None)
         if not gradient_clip_val or scaler is not None:
             return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
