@@ -101,7 +101,9 @@ def _check_x(x) -> Tensor:
     return x
 
 def _check_step(sigma, next_sigma=None, name="sigma"):
-    "σ > 0 and finite; `next_sigma` (if given) in [0, σ]. Raises `ValueError` naming the bad value (one host sync)."
+    """σ > 0 and finite; `next_sigma` (if given) in [0, σ]. Raises `ValueError` naming the bad value (one host sync).
+    For the public step functions only: the samplers' loops check their whole schedule once (`_check_sigmas`) and
+    call the unchecked `_slope`, `_ancestral`, `_dpmpp_2m`, so that a step does not wait for the network's result."""
     s = torch.as_tensor(sigma)
     if not bool(torch.isfinite(s).all() & (s > 0).all()): raise ValueError(f"{name} must be finite and > 0; got {name}={s.tolist()}")
     if next_sigma is not None:
@@ -113,7 +115,9 @@ def to_d(x: Tensor, sigma: Tensor, denoised: Tensor) -> Tensor:
     """The ODE's slope `dx/dσ = (x − D)/σ` (Karras et al. 2022, eq. 3). `sigma` > 0: a 0-d or `[B]` tensor
     (`ValueError` otherwise: at σ = 0 the slope is undefined). Source: `sgm/.../sampling_utils.py: to_d`."""
     _check_step(sigma)
-    return (x - denoised) / append_dims(sigma, x.ndim)
+    return _slope(x, sigma, denoised)
+
+def _slope(x: Tensor, sigma: Tensor, denoised: Tensor) -> Tensor: return (x - denoised) / append_dims(sigma, x.ndim)
 
 # %% ../nbs/12_sampling.ipynb #cf200916
 class BaseDiffusionSampler(Repr):
@@ -219,7 +223,7 @@ class EDMSampler(BaseDiffusionSampler):
         sigma_hat = sigma * (gamma + 1.0)
         if gamma > 0: x = x + self.s_noise * (sigma_hat**2 - sigma**2).sqrt() * torch.randn_like(x)
         denoised = self.denoise(x, denoiser, sigma_hat, cond, uc)
-        d, dt = to_d(x, sigma_hat, denoised), next_sigma - sigma_hat
+        d, dt = _slope(x, sigma_hat, denoised), next_sigma - sigma_hat
         return self.possible_correction_step(x + dt * d, x, d, dt, next_sigma, denoiser, cond, uc), denoised
 
     def possible_correction_step(self, euler_step, x, d, dt, next_sigma, denoiser, cond, uc) -> Tensor: return euler_step
@@ -235,7 +239,7 @@ class HeunEDMSampler(EDMSampler):
     "Second-order Heun steps with optional churn (Karras et al. 2022, Alg. 2); the step into σ = 0 is plain Euler. 2N − 1 denoiser calls."
     def possible_correction_step(self, euler_step, x, d, dt, next_sigma, denoiser, cond, uc) -> Tensor:
         if float(next_sigma) == 0: return euler_step  # no 2nd-order step into σ = 0 (d' would divide by 0)
-        d_new = to_d(euler_step, next_sigma, self.denoise(euler_step, denoiser, next_sigma, cond, uc))
+        d_new = _slope(euler_step, next_sigma, self.denoise(euler_step, denoiser, next_sigma, cond, uc))
         return x + dt * (d + d_new) / 2
 
 # %% ../nbs/12_sampling.ipynb #d7ca3a16
@@ -243,9 +247,13 @@ def get_ancestral_step(sigma_from: Tensor, sigma_to: Tensor, eta: float = 1.0) -
     """Split a step σ_from → σ_to into a deterministic step to `sigma_down` and fresh noise of std `sigma_up`.
 
     `sigma_down² + sigma_up² = sigma_to²`; `eta` >= 0 (0: deterministic, 1: DDPM-like). Tensors of any matching shape.
+    Raises `ValueError` unless `sigma_from` > 0, 0 <= `sigma_to` <= `sigma_from` (finite) and `eta` >= 0 (finite).
     Source: `sgm/modules/diffusionmodules/sampling_utils.py`; k-diffusion `get_ancestral_step`."""
     _check_step(sigma_from, sigma_to, "sigma_from")
     if not (math.isfinite(float(eta)) and float(eta) >= 0): raise ValueError(f"eta must be finite and >= 0; got eta={eta!r}")
+    return _ancestral(sigma_from, sigma_to, eta)
+
+def _ancestral(sigma_from: Tensor, sigma_to: Tensor, eta: float) -> tuple[Tensor, Tensor]:
     if not eta: return sigma_to, torch.zeros_like(sigma_to)
     sigma_up = torch.minimum(sigma_to, eta * (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5)
     sigma_down = (sigma_to**2 - sigma_up**2).clamp(min=0) ** 0.5
@@ -264,9 +272,9 @@ class EulerAncestralSampler(BaseDiffusionSampler):
     def sampler_step(self, sigma, next_sigma, denoiser, x, cond, uc=None) -> tuple[Tensor, Tensor]:
         "Returns `(x_next, denoised)`; no noise is added when `next_sigma` = 0."
         sigma, next_sigma = _as_t(sigma, x), _as_t(next_sigma, x)
-        sigma_down, sigma_up = get_ancestral_step(sigma, next_sigma, self.eta)
+        sigma_down, sigma_up = _ancestral(sigma, next_sigma, self.eta)
         denoised = self.denoise(x, denoiser, sigma, cond, uc)
-        x = x + (sigma_down - sigma) * to_d(x, sigma, denoised)
+        x = x + (sigma_down - sigma) * _slope(x, sigma, denoised)
         if float(next_sigma) > 0: x = x + self.s_noise * sigma_up * torch.randn_like(x)
         return x, denoised
 
@@ -286,10 +294,14 @@ def dpmpp_2m_step(x: Tensor, denoised: Tensor, sigma, next_sigma, old_denoised: 
     """One DPM-Solver++(2M) update of `x` from `sigma` > 0 to `next_sigma` >= 0 (scalars or 0-d tensors).
 
     Second order when `old_denoised` (D at `previous_sigma`) is given **and** `next_sigma` > 0; first order
-    otherwise, so the step into σ = 0 returns exactly `denoised` (bugcase BC11).
+    otherwise, so the step into σ = 0 returns exactly `denoised` (bugcase BC11). Raises `ValueError` unless `sigma`
+    > 0 and 0 <= `next_sigma` <= `sigma` (finite), or when `old_denoised` comes without `previous_sigma`.
     Source: Lu et al. 2022, DPM-Solver++ Algorithm 2; `sgm/modules/diffusionmodules/sampling.py: DPMPP2MSampler`."""
-    sigma, next_sigma = _as_t(sigma, x), _as_t(next_sigma, x)
     _check_step(sigma, next_sigma)
+    return _dpmpp_2m(x, denoised, sigma, next_sigma, old_denoised, previous_sigma)
+
+def _dpmpp_2m(x: Tensor, denoised: Tensor, sigma, next_sigma, old_denoised: Tensor | None, previous_sigma) -> Tensor:
+    sigma, next_sigma = _as_t(sigma, x), _as_t(next_sigma, x)
     h = _lam(next_sigma) - _lam(sigma)
     if old_denoised is not None and float(next_sigma) > 0:
         if previous_sigma is None: raise ValueError("previous_sigma is needed with old_denoised; got previous_sigma=None")
@@ -304,7 +316,7 @@ class DPMPP2MSampler(BaseDiffusionSampler):
     def sampler_step(self, old_denoised, previous_sigma, sigma, next_sigma, denoiser, x, cond, uc=None) -> tuple[Tensor, Tensor]:
         "Returns `(x_next, denoised)`; pass the previous step's `denoised` as `old_denoised` (None on the first step)."
         denoised = self.denoise(x, denoiser, sigma, cond, uc)
-        return dpmpp_2m_step(x, denoised, sigma, next_sigma, old_denoised, previous_sigma), denoised
+        return _dpmpp_2m(x, denoised, sigma, next_sigma, old_denoised, previous_sigma), denoised
 
     def step(self, i, sigmas, denoiser, x, cond, uc, old_denoised):
         return self.sampler_step(old_denoised, sigmas[i - 1] if i > 0 else None, sigmas[i], sigmas[i + 1], denoiser, x, cond, uc)

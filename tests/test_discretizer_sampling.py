@@ -287,3 +287,14 @@ def test_discrete_sampling_from_sgm_config():
     assert type(edm) is EDMSampling and repr(edm) == "EDMSampling(p_mean=-1.2, p_std=1.2)"
     with pytest.raises(TypeError, match="discretization"):
         instantiate_from_config({"target": "sgm.modules.diffusionmodules.sigma_sampling.DiscreteSampling", "params": {"num_idx": 10}})
+
+
+@pytest.mark.parametrize("name", ["EulerEDMSampler", "HeunEDMSampler", "EulerAncestralSampler", "DPMPP2MSampler"])
+def test_sampler_loops_do_not_check_each_step(monkeypatch, name):
+    # the schedule is checked once; per-step checks (a host sync each on a GPU) are for the public step functions
+    import diffexplore.sampling as S
+    def refuse(*a, **kw): raise AssertionError("per-step check inside a sampler loop")
+    monkeypatch.setattr(S, "_check_step", refuse)
+    out = getattr(S, name)(num_steps=4)(lambda x, s, c: x / (1 + s[:, None] ** 2), torch.randn(3, 2), None)
+    assert out.shape == (3, 2) and torch.isfinite(out).all()
+    with pytest.raises(AssertionError, match="per-step"): S.to_d(torch.ones(1, 2), torch.ones(1), torch.zeros(1, 2))
