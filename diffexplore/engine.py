@@ -275,7 +275,7 @@ class DiffusionEngine(pl.LightningModule):
             self._compiled_graphs = self._on("cuda_graphs") and _may_record_cuda_graphs()
             mode = "reduce-overhead" if self._compiled_graphs else None
             self._compiled, self._compiled_shape = torch.compile(self._loss_on_device, mode=mode, dynamic=False), tuple(z.shape)
-            self._compiled_thread, self._compiled_owner = threading.current_thread(), id(self)
+            self._compiled_thread = threading.current_thread()
         return self._compiled if tuple(z.shape) == self._compiled_shape else self._loss_on_device
 
     def _guard_nonfinite(self, loss: Tensor, sigmas: Tensor):
@@ -299,18 +299,16 @@ class DiffusionEngine(pl.LightningModule):
 
     def on_fit_start(self):
         if self._on("channels_last"): self.model.to(memory_format=torch.channels_last)
-        if self._compiled is not None and (self._compiled_thread is not threading.current_thread() or self._compiled_owner != id(self)):
-            self._forget_compiled()   # compiled on another thread, or for the engine this one was copied from
+        if self._compiled is not None and self._compiled_thread is not threading.current_thread():
+            self._forget_compiled()   # compiled on another thread: compile for this one
 
-    def _forget_compiled(self):
-        self._compiled = self._compiled_shape = self._compiled_thread = self._compiled_owner = None
-        self._compiled_graphs = False
+    _NOT_COMPILED = dict(_compiled=None, _compiled_shape=None, _compiled_thread=None, _compiled_graphs=False)
+
+    def _forget_compiled(self): self.__dict__.update(self._NOT_COMPILED)
 
     def __getstate__(self) -> dict:
-        "As LightningModule's, without the compiled step: it is bound to this object and thread (pickle, deepcopy)."
-        state = super().__getstate__()
-        state.update(_compiled=None, _compiled_shape=None, _compiled_thread=None, _compiled_owner=None, _compiled_graphs=False)
-        return state
+        "As LightningModule's, without the compiled step: it is bound to this object and thread (pickle, copy, deepcopy)."
+        return {**super().__getstate__(), **self._NOT_COMPILED}
 
     # --- optimisation ------------------------------------------------------------------------
     def trainable_parameters(self) -> list:
