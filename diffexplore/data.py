@@ -206,17 +206,18 @@ class DigitsDataModule(ImageDataModule):
 
 # %% ../nbs/07_data.ipynb #1e2bb9c1
 def image_grid(images: Tensor | np.ndarray, # [N, C, H, W] with C in {1, 3}, values in [-1, 1] (clipped)
-               nrow: int | None = None, # tiles per row; default ceil(sqrt(N))
-               pad: int = 1, # black pixels between tiles and around the grid
+               nrow: int | None = None, # tiles per row, >= 1; default ceil(sqrt(N))
+               pad: int = 1, # black pixels between tiles and around the grid, >= 0
               ) -> np.ndarray: # uint8 [rows·(H+pad)+pad, nrow·(W+pad)+pad, 3]
-    "Tile a batch of images in [-1, 1] into one uint8 RGB array. Raises `ValueError` for a bad shape, channel count or non-finite pixels."
+    "Tile a batch of images in [-1, 1] into one uint8 RGB array. Raises `ValueError` for a bad shape, channel count, `nrow`, `pad` or non-finite pixels."
     x = images.detach().float().cpu().numpy() if isinstance(images, Tensor) else np.asarray(images, dtype=np.float32)
     if x.ndim != 4 or x.shape[0] == 0: raise ValueError(f"images must be [N, C, H, W] with N >= 1; got shape {x.shape}")
     n, c, h, w = x.shape
     if c not in (1, 3): raise ValueError(f"images must have 1 or 3 channels; got C={c} (shape {x.shape})")
     if not np.isfinite(x).all(): raise ValueError(f"images contain NaN or inf ({int((~np.isfinite(x)).sum())} values)")
-    nrow = nrow or math.ceil(math.sqrt(n)); rows = math.ceil(n / nrow)
-    u8 = np.round((np.clip(x, -1, 1) + 1) * 127.5).astype(np.uint8).transpose(0, 2, 3, 1).repeat(3 // c, axis=3)
+    nrow = math.ceil(math.sqrt(n)) if nrow is None else check_int(nrow, "nrow"); rows = math.ceil(n / nrow)
+    pad = check_int(pad, "pad", lo=0)
+    u8 = to_uint8(torch.from_numpy(x)).numpy().transpose(0, 2, 3, 1).repeat(3 // c, axis=3)
     grid = np.zeros((rows * (h + pad) + pad, nrow * (w + pad) + pad, 3), np.uint8)
     for i, img in enumerate(u8):
         r, q = divmod(i, nrow)

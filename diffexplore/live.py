@@ -17,6 +17,7 @@ from plotly.subplots import make_subplots
 import ipywidgets as widgets
 from PIL import Image
 
+from .core import check_int
 from .engine import sigma_bucket_names, conditioner_classes
 from .data import image_grid
 
@@ -74,8 +75,7 @@ def sample_due(step: int, # global step just finished, >= 0
 # %% ../nbs/17_live.ipynb #ac3e2484
 def _check_every(every):
     "`sample_every_n_steps`: an int >= 0, or None."
-    if every is not None and (isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 0):
-        raise ValueError(f"sample_every_n_steps must be an int >= 0 or None; got sample_every_n_steps={every!r}")
+    if every is not None: check_int(every, "sample_every_n_steps", lo=0)
 
 def _check_fraction(fraction):
     "`max_sample_fraction`: a number in (0, 1], or None."
