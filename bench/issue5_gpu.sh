@@ -21,12 +21,7 @@ fi
 wait
 if [[ ,$skip, != *,ddp,* ]]; then
   for kw in '{}' '{"compile_step": true, "cuda_graphs": true}'; do
-    for n in 1 2; do
-      t=$(left 10); if [ "$t" -lt 60 ]; then stamp "skip ddp devices=$n kw=$kw: ${t}s left" >> "$out/ddp.log"; continue; fi
-      stamp "ddp devices=$n kw=$kw" >> "$out/ddp.log"
-      timeout "$t" python3 bench/ddp_scaling.py --devices $n --out "$out/ddp" --engine-kw "$kw" >> "$out/ddp.log" 2>&1
-      echo "ddp rc=$?" >> "$out/ddp.log"; pkill -f ddp_scaling.py; sleep 2   # a rank left behind by a timeout
-    done
-  done
+    for n in 1 2; do ddp --devices $n --engine-kw "$kw"; done
+  done >> "$out/ddp.log" 2>&1
 fi
 finish 22

@@ -54,8 +54,6 @@ elif [ "$what" = c ]; then
    echo "eager rc=$?") > "$out/fashion_eager.log" 2>&1 &
   wait
 elif [ "$what" = b ]; then
-  ddp() { local t; t=$(left 10); if [ "$t" -lt 60 ]; then stamp "skip ddp $*: ${t}s left"; return; fi
-          stamp "ddp $*"; timeout "$t" python3 bench/ddp_scaling.py --out "$out/ddp" "$@"; echo "ddp rc=$?"; pkill -f ddp_scaling.py; sleep 2; }
   {
     NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=INIT,NET,P2P ddp --devices 2 --profile-steps 3 2>&1 | awk '/NCCL INFO .*(via|P2P|SHM|NET|Channel 00|comm)/ && n++ < 60; /ddp|img_s|rror/' 
     ddp --devices 1 --profile-steps 3

@@ -25,8 +25,9 @@ from _machine import machine, append_rows  # noqa: E402
 HEADING = "## Live view overhead"
 HEADER = ("| date | machine | command | model | where | steps × runs | wall ms/step off / on | wall overhead | CPU ms/step off / on "
           "| CPU overhead (paired min…max) | view hooks ms/step | redraws/run |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
-INTRO = ("Training step time with and without `LiveTrainingView()` (defaults: redraw ≥ 0.25 s apart and ≤ 1 % of the\n"
-         "time; no sample grid: the engines have no sampler), CPU, one torch thread, runs interleaved, warm-up excluded.\n"
+INTRO = ("Training step time with and without `LiveTrainingView()` (its defaults: redraws ≥ `min_interval_s` apart, 1 s\n"
+         "since 2026-11-30 and 0.25 s before, and ≤ 1 % of the time; no sample grid: the engines have no sampler), CPU,\n"
+         "one torch thread, runs interleaved, warm-up excluded.\n"
          "Overheads compare the medians over runs of the mean step time, wall-clock and process CPU time (CPU time is\n"
          "less disturbed by other processes on a shared machine); `view hooks` is the wall time spent inside the\n"
          "view's per-step hooks (collecting + redraws), the most direct measure. Target: ≤ 2 %.\n\n"

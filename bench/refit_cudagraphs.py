@@ -43,14 +43,13 @@ def child(variant: str, steps: int) -> dict:
     if variant.endswith("stay"):   # keep the module on the GPU after fit (skip Lightning's move to the CPU)
         from lightning.pytorch.strategies import SingleDeviceStrategy
         SingleDeviceStrategy.teardown = lambda self: None
+    def trainer():
+        return pl.Trainer(**fast_gpu_settings(dict(max_steps=steps, devices=1, logger=False, enable_checkpointing=False,
+                                                   enable_progress_bar=False, enable_model_summary=False)))
     def fit():
-        kw = fast_gpu_settings(dict(max_steps=steps, devices=1, logger=False, enable_checkpointing=False,
-                                    enable_progress_bar=False, enable_model_summary=False))
-        trainer = pl.Trainer(**kw); trainer.fit(engine, train_dataloaders=loader()); return trainer.global_step
+        t = trainer(); t.fit(engine, train_dataloaders=loader()); return t.global_step
     def in_background():
-        kw = fast_gpu_settings(dict(max_steps=steps, devices=1, logger=False, enable_checkpointing=False,
-                                    enable_progress_bar=False, enable_model_summary=False))
-        h = fit_in_background(pl.Trainer(**kw), engine, train_dataloaders=loader()); h.join()
+        h = fit_in_background(trainer(), engine, train_dataloaders=loader()); h.join()
         if h.exception is not None: raise h.exception
         return h.trainer.global_step
     worker = ThreadPoolExecutor(max_workers=1)

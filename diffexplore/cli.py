@@ -257,7 +257,9 @@ def trainer_kwargs(cfg: DictConfig) -> dict:
 def make_trainer(cfg: DictConfig, run_dir: Path, num_classes=None, extra_callbacks=(), engine=None, fast_off=(),
                  resume_step: int = 0, # the global step of the checkpoint being resumed: metrics.csv keeps its earlier rows
                 ) -> pl.Trainer:
-    "A Lightning `Trainer` from the config's `trainer` section, with checkpoints, sample grids and loggers under `run_dir`; on a GPU the fast settings (`fast_gpu_settings`) except those in `fast_off`."
+    """A Lightning `Trainer` from the config's `trainer` section, with checkpoints, sample grids and loggers under
+    `run_dir`; on a GPU the fast settings (`fast_gpu_settings`) except those in `fast_off`. Raises `ConfigError`
+    naming the key for a bad `trainer` setting (`trainer_kwargs`) or when Lightning refuses the settings."""
     lcfg = cfg.get("lightning", {}) or {}
     ckpt_dir, every_n = run_dir / "checkpoints", int(lcfg.get("checkpoint_every_n_steps", 500))
     callbacks = [
@@ -322,7 +324,6 @@ def _float(v): return None if v is None else float(v)
 # %% ../nbs/14_cli.ipynb #e6b5a5f7
 def read_metrics(run_dir) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     "`metrics.csv` as {column: (steps, values)}, NaN rows dropped per column."
-    import csv
     path = Path(run_dir) / "metrics.csv"
     if not path.exists(): return {}
     rows = list(csv.DictReader(path.open()))
