@@ -190,8 +190,11 @@ class _KeepingExperimentWriter(ExperimentWriter):
         self.metrics_keys = sorted(keys)
 
 class KeepingCSVLogger(CSVLogger):
-    """`CSVLogger` for a run that may be resumed: the rows of `metrics.csv` logged before `keep_before_step` (the
-    resumed checkpoint's global step; 0 for a new run) stay, so the file holds the whole run."""
+    """`CSVLogger` for a run that may be resumed: the rows of `metrics.csv` logged before `keep_before_step` (int >= 0:
+    the resumed checkpoint's global step; 0 for a new run) stay, so the file holds the whole run. It overrides
+    Lightning's private `ExperimentWriter._check_log_dir_exists` (which deletes the file; Lightning 2.6) and re-states
+    `CSVLogger.experiment` to use that writer: `tests/test_engine.py::test_resume_is_exact` checks the rows, row for
+    row, so a Lightning upgrade that changes either shows there."""
     def __init__(self, *args, keep_before_step: int = 0, **kwargs):
         super().__init__(*args, **kwargs); self.keep_before_step = int(keep_before_step)
     @property

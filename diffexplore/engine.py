@@ -421,15 +421,17 @@ def _standard_components(loss_fn, denoiser) -> bool:
             and isinstance(denoiser, Denoiser) and type(denoiser).forward is Denoiser.forward)
 
 def conditioner_classes(conditioner) -> int | None:
-    """Number of classes of the conditioner's class embedder (`input_key="cls"`, attribute `n_classes`), or `None`
-    for an unconditional model. Used to check data against the model and to label samples."""
+    """Number of classes (int >= 1) of the conditioner's first class embedder: the first of its `embedders` with
+    `input_key="cls"` and a positive int `n_classes` (or `num_classes` where `n_classes` is unset); `None` for
+    an unconditional model or a conditioner without one. Used to check data against the model and to label samples.
+    Source: sgm's `GeneralConditioner.embedders` and `ClassEmbedder.n_classes` (`sgm/modules/encoders/modules.py`)."""
     for emb in getattr(conditioner, "embedders", None) or []:
         if getattr(emb, "input_key", None) != "cls": continue
         n = getattr(emb, "n_classes", None) or getattr(emb, "num_classes", None)
         if isinstance(n, int) and n > 0: return n
     return None
 
-def _is_identity(first_stage) -> bool: return type(first_stage).__name__ == "IdentityFirstStage"
+def _is_identity(first_stage) -> bool: return type(first_stage).__name__ == "IdentityFirstStage"   # by name: importing it imports diffusers
 
 def _rng_states() -> dict:
     kind, keys, pos, has_gauss, gauss = np.random.get_state()   # stored as tensors and ints: loads with weights_only=True

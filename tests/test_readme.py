@@ -1,7 +1,7 @@
 "README's `diffexplore train` commands build: every config and override they show is valid (without training)."
 import re, shlex
 from pathlib import Path
-from diffexplore.cli import load_config, build_engine, build_data, check_compatible
+from diffexplore.cli import load_config, build_engine, build_data, check_compatible, _parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,9 +21,8 @@ def test_readme_train_commands_build():
     cmds = readme_train_commands()
     assert len(cmds) >= 3, cmds   # the main job, the v-prediction variant, ...
     for words in cmds:
-        config = words[words.index("--config") + 1]
-        skip = {i for i, w in enumerate(words) if w.startswith("--")} | {i + 1 for i, w in enumerate(words) if w in ("--config", "--run-dir", "--resume")}
-        overrides = [w for i, w in enumerate(words) if i not in skip]
-        cfg = load_config(ROOT / config, overrides)
+        args = _parse_args(["train", *words])   # the CLI's own parser: options and overrides as it reads them
+        config = args.config
+        cfg = load_config(ROOT / config, args.overrides)
         if "fashion" in config: continue   # needs Debian's Fashion-MNIST files; its config is built by its own tests
         check_compatible(build_engine(cfg), build_data(cfg))
