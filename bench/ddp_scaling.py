@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 import lightning.pytorch as pl  # noqa: E402
-from train_throughput import MODELS, SMOKE, Windows, run_engine, profile_summary  # noqa: E402
+from train_throughput import MODELS, SMOKE, ENGINE_SWITCHES, Windows, run_engine, profile_summary  # noqa: E402
 
 
 def ddp_options(args) -> dict:
@@ -55,9 +55,8 @@ def main(argv=None):
     if args.devices < 1: ap.error(f"--devices must be >= 1; got --devices {args.devices}")
     try: asked = json.loads(args.engine_kw)
     except json.JSONDecodeError as e: ap.error(f"--engine-kw must be a JSON object; got --engine-kw {args.engine_kw!r} ({e})")
-    switches = ("sync_checks", "fused_optimizer", "compile_step", "cuda_graphs", "channels_last")
-    if not isinstance(asked, dict) or set(asked) - set(switches):
-        ap.error(f"--engine-kw takes a JSON object with keys from {switches}; got --engine-kw {args.engine_kw!r}")
+    if not isinstance(asked, dict) or set(asked) - set(ENGINE_SWITCHES):
+        ap.error(f"--engine-kw takes a JSON object with keys from {ENGINE_SWITCHES}; got --engine-kw {args.engine_kw!r}")
     if args.devices == 1 and ddp_options(args): ap.error(f"DDP options ({', '.join(ddp_options(args))}) need --devices >= 2")
     engine_kw = dict(dict(compile_step=False, cuda_graphs=False), **asked)
     spec = (SMOKE if args.smoke else MODELS)[args.model]

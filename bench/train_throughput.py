@@ -152,6 +152,9 @@ def run_hand(unet, x, w: Windows, precision, compile=False, profile_steps=0):
 # ------------------------------------------------------------------------------------------------------------
 # (b), (c): DiffusionEngine under Lightning's Trainer
 
+ENGINE_SWITCHES = ("sync_checks", "fused_optimizer", "compile_step", "cuda_graphs", "channels_last")   # DiffusionEngine's fast-path arguments
+
+
 def run_engine(unet, x, w: Windows, precision, profile_steps=0, devices=1, strategy="auto", **engine_kw):
     engine = DiffusionEngine(OpenAIWrapper(unet), Denoiser(EDMScaling(SIGMA_DATA)),
                              StandardDiffusionLoss(EDMSampling(P_MEAN, P_STD), EDMWeighting(SIGMA_DATA)),
@@ -244,7 +247,7 @@ def run_row(model_name, spec, row, device, flops_base, peak, args):
         if st.get("channels_last"): unet, x = unet.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
         prof = run_hand(unet, x, w, st["precision"], compile=st.get("compile", False), profile_steps=prof_steps)
     else:
-        kw = {k: v for k, v in st.items() if k in ("sync_checks", "fused_optimizer", "compile_step", "cuda_graphs", "channels_last")}
+        kw = {k: v for k, v in st.items() if k in ENGINE_SWITCHES}
         kw.setdefault("compile_step", False); kw.setdefault("cuda_graphs", False)
         prof = run_engine(unet, x, w, st["precision"], profile_steps=prof_steps, **kw)
     secs = w.seconds()
