@@ -11,8 +11,8 @@ import torch
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['SGM_MODULES', 'append_dims', 'as_sigma', 'check_positive', 'check_int', 'Repr', 'resolve_target', 'get_obj_from_str',
-           'instantiate_from_config', 'seed_everything']
+__all__ = ['SGM_MODULES', 'append_dims', 'as_sigma', 'check', 'unchecked', 'check_positive', 'check_int', 'Repr',
+           'resolve_target', 'get_obj_from_str', 'instantiate_from_config', 'seed_everything']
 
 # %% ../nbs/00_core.ipynb #4d4728f5
 def append_dims(x: Tensor, # tensor of shape `[B, ...]`, e.g. σ of shape `[B]`
@@ -41,6 +41,21 @@ def as_sigma(sigma, # noise level(s) σ ≥ 0: a number, array or tensor of any 
 def _first_bad(t: Tensor, bad: Tensor):
     v = t[bad].flatten()[0].item()
     return v if t.numel() == 1 else f"{v} (at {int(bad.flatten().nonzero()[0])} of {t.numel()} values)"
+
+# %% ../nbs/00_core.ipynb #c1780511
+def check(component, # a scaling, weighting or denoiser: diffexplore's, or any sgm-contract callable
+          sigma, # σ as `component` takes it
+         ):
+    """σ after `component`'s own checks where it has them apart from its formula (`component.check(sigma)`), else σ
+    as it is (a plain callable checks, if at all, when it is called). Reads σ on its device: run it on host values.
+    Raises what `component.check` raises (`ValueError` naming σ)."""
+    return component.check(sigma) if hasattr(component, "check") else sigma
+
+def unchecked(component):
+    """`component`'s formula without its σ checks, for σ that `check` passed: its `unchecked` method where it has
+    one (diffexplore's scalings, weightings, denoisers), else the component itself (a user's own callable, run as
+    it is). Reads nothing back from the device, so a compiled step or a sampler loop never waits on it."""
+    return getattr(component, "unchecked", component)
 
 # %% ../nbs/00_core.ipynb #851ed7a1
 def check_positive(value: float, # the parameter's value

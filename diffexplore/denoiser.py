@@ -6,7 +6,7 @@
 from __future__ import annotations
 import torch
 from torch import nn, Tensor
-from .core import Repr, append_dims, as_sigma, check_positive
+from .core import Repr, append_dims, as_sigma, check, unchecked
 from .scalings import DenoiserScaling, ScoreScaling
 
 # %% auto #0
@@ -14,20 +14,31 @@ __all__ = ['PARAMETRIZATIONS', 'Denoiser', 'network_output_to_denoised', 'ideal_
            'ScoreToDenoised', 'DiscreteDenoiser']
 
 # %% ../nbs/05_denoiser.ipynb #b1f16ca8
-def _check_batch(input: Tensor, sigma: Tensor):
-    if sigma.ndim != 1 or sigma.shape[0] != input.shape[0]:
-        raise ValueError(f"sigma must have shape [B] = [{input.shape[0]}] to match input of shape {tuple(input.shape)}; "
-                         f"got sigma of shape {tuple(sigma.shape)}")
+def _denoised(x_t: Tensor, F: Tensor, c_skip: Tensor, c_out: Tensor) -> Tensor:
+    "D = c_skip·x_t + c_out·F: the one place the denoiser's formula is written (Karras et al. 2022, eq. 7)."
+    return c_skip * x_t + c_out * F
 
+def _network_output(D: Tensor, x_t: Tensor, c_skip: Tensor, c_out: Tensor) -> Tensor:
+    "F = (D − c_skip·x_t)/c_out: the network output that gives D (eq. 7 solved for F; eq. 8's target at D = x0)."
+    return (D - c_skip * x_t) / c_out
+
+def _network_dtype(network, x: Tensor) -> torch.dtype:
+    "The dtype of the network's first floating parameter (x's dtype for a plain function or a module without one)."
+    p = next((p for p in network.parameters() if p.is_floating_point()), None) if isinstance(network, nn.Module) else None
+    return x.dtype if p is None else p.dtype
+
+# %% ../nbs/05_denoiser.ipynb #09103d7a
 class Denoiser(nn.Module):
     """`D = c_skip·x_t + c_out·network(c_in·x_t, c_noise, cond)` (or `x_t + σ²·network(...)` with `is_score_output`).
 
     Call: `denoiser(network, input, sigma, cond, **kwargs) -> D` with `input` the noised data x_t `[B, ...]`
-    (float), `sigma` σ ≥ 0 of shape `[B]` (`ValueError` if negative/NaN or its length is not B), `cond` a
-    dict passed through, `kwargs` passed to the network (whose output must have input's shape, else `ValueError`).
-    D has input's shape, dtype float32 or wider (the
-    coefficients are float32 even under autocast). Source: `sgm/modules/diffusionmodules/denoiser.py: Denoiser`;
-    Karras et al. 2022, eq. 7; the seed, section 5.1 (`is_score_output`)."""
+    (float), `sigma` σ ≥ 0 of shape `[B]` (`ValueError` if negative/NaN, outside the scaling's range, or its
+    length is not B), `cond` a dict passed through, `kwargs` passed to the network (whose output must have
+    input's shape, else `ValueError`). The network gets `c_in·x_t` in its own dtype (`_network_dtype`); D has
+    input's shape and the coefficients' dtype: float32, or float64 for float64 σ and input (never half).
+    `check(sigma)` runs the σ checks alone (host reads); `unchecked(...)` the formula alone (none).
+    Source: `sgm/modules/diffusionmodules/denoiser.py: Denoiser`; Karras et al. 2022, eq. 7; the seed,
+    section 5.1 (`is_score_output`)."""
     def __init__(self, scaling: DenoiserScaling, is_score_output: bool = False):
         super().__init__()
         self.scaling, self.is_score_output = scaling, is_score_output
@@ -36,17 +47,26 @@ class Denoiser(nn.Module):
     def possibly_quantize_c_noise(self, c_noise: Tensor) -> Tensor: return c_noise
 
     def forward(self, network, input: Tensor, sigma, cond: dict, **kwargs) -> Tensor:
-        sigma = as_sigma(sigma).to(input.device)
-        _check_batch(input, sigma)
+        return self.unchecked(network, input, self.check(sigma, input.shape[0]).to(input.device), cond, **kwargs)
+
+    def check(self, sigma, n: int | None = None) -> Tensor:
+        "σ as a float tensor `[n]`, checked as the scaling checks it; `ValueError` naming the bad shape or value."
+        sigma = as_sigma(sigma)
+        if sigma.ndim != 1 or (n is not None and sigma.shape[0] != n):
+            raise ValueError(f"sigma must have shape [B] = [{n if n is not None else 'B'}], one per sample; got sigma of shape {tuple(sigma.shape)}")
+        return check(self.scaling, sigma)
+
+    def unchecked(self, network, input: Tensor, sigma: Tensor, cond: dict, **kwargs) -> Tensor:
+        "`forward` for σ `[B]` on input's device that `check` passed: reads nothing back from the device."
         sigma = self.possibly_quantize_sigma(sigma)
         sigma_bc = append_dims(sigma, input.ndim)
-        c_skip, c_out, c_in, c_noise = self.scaling(sigma_bc)
+        c_skip, c_out, c_in, c_noise = unchecked(self.scaling)(sigma_bc)
+        if self.is_score_output: c_skip, c_out = ScoreScaling().coefficients(sigma_bc)[:2]
         c_noise = self.possibly_quantize_c_noise(c_noise.reshape(sigma.shape))
-        out = network(input * c_in, c_noise, cond, **kwargs)
-        if out.shape != input.shape:   # a silently broadcast output would train on wrong targets
-            raise ValueError(f"the network returned shape {tuple(out.shape)} for input of shape {tuple(input.shape)}; they must match")
-        if self.is_score_output: return input + sigma_bc**2 * out
-        return out * c_out + input * c_skip
+        F = network((input * c_in).to(_network_dtype(network, input)), c_noise, cond, **kwargs)
+        if F.shape != input.shape:   # a silently broadcast output would train on wrong targets
+            raise ValueError(f"the network returned shape {tuple(F.shape)} for input of shape {tuple(input.shape)}; they must match")
+        return _denoised(input, F, c_skip, c_out)
 
     def extra_repr(self): return f"scaling={self.scaling!r}" + (", is_score_output=True" if self.is_score_output else "")
 
@@ -58,7 +78,7 @@ def network_output_to_denoised(scaling: DenoiserScaling, # the scaling that defi
                               ) -> Tensor: # D = c_skip·x_t + c_out·F
     "x̂₀ from a network output under `scaling`. Source: `sgm/modules/diffusionmodules/denoiser.py`."
     c_skip, c_out, _, _ = scaling(_bc(sigma, x_t))
-    return c_skip * x_t + c_out * F
+    return _denoised(x_t, F, c_skip, c_out)
 
 def ideal_network_output(scaling: DenoiserScaling, # the scaling that defines F
                          x_t: Tensor, # noised input [B, ...]
@@ -70,7 +90,7 @@ def ideal_network_output(scaling: DenoiserScaling, # the scaling that defines F
     Raises `ValueError` where c_out = 0 (σ = 0). Source: Karras et al. 2022, eq. 8 (training target)."""
     c_skip, c_out, _, _ = scaling(_bc(sigma, x_t))
     if bool((c_out == 0).any()): raise ValueError(f"ideal_network_output: c_out = 0 at sigma=0 for {scaling!r}; F* is undefined")
-    return (x0 - c_skip * x_t) / c_out
+    return _network_output(x0, x_t, c_skip, c_out)
 
 def _bc(sigma, x: Tensor) -> Tensor:
     s = as_sigma(sigma).to(x.device)
@@ -112,11 +132,12 @@ class ScoreToDenoised(nn.Module):
 
     def forward(self, x: Tensor, c_noise: Tensor, cond: dict, **kwargs) -> Tensor:
         sigma = self.scaling.sigma_from_c_noise(c_noise)
-        c_skip, c_out, c_in, _ = self.scaling(append_dims(sigma, x.ndim))
+        sigma_bc = append_dims(sigma, x.ndim)
+        c_skip, c_out, c_in, _ = unchecked(self.scaling)(sigma_bc)   # σ was checked by the denoiser that calls us
         x_t = x / c_in
         score = self.score_model(x_t, sigma, cond, **kwargs)
         if isinstance(self.scaling, ScoreScaling): return score
-        return (x_t + append_dims(sigma, x.ndim)**2 * score - c_skip * x_t) / c_out
+        return _network_output(_denoised(x_t, score, *ScoreScaling().coefficients(sigma_bc)[:2]), x_t, c_skip, c_out)
 
     def extra_repr(self): return f"scaling={self.scaling!r}"
 

@@ -4,19 +4,19 @@
 
 # %% ../nbs/11_engine.ipynb #1e78fde5
 from __future__ import annotations
-import math, random, threading, warnings
+import math, random, threading
 from contextlib import contextmanager
 import numpy as np
 import torch
 from torch import nn, Tensor
 import lightning.pytorch as pl
-from .core import Repr, append_dims, as_sigma
-from .denoiser import Denoiser
-from .loss import StandardDiffusionLoss
+from fastcore.basics import patch
+from .core import Repr, unchecked
 
 # %% auto #0
 __all__ = ['DEFAULT_SIGMA_EDGES', 'FAST_SWITCHES', 'ema_decay', 'LitEma', 'sigma_bucket_names', 'loss_per_sigma_bucket',
-           'NonFiniteLossError', 'DiffusionEngine', 'conditioner_classes', 'fast_gpu_settings']
+           'CompiledStep', 'DiffusionEngine', 'NonFiniteLossError', 'conditioner_classes', 'fast_gpu_settings',
+           'LossProgressBar']
 
 # %% ../nbs/11_engine.ipynb #cf5de808
 def ema_decay(decay: float, # the configured maximum decay d in [0, 1)
@@ -30,7 +30,7 @@ class LitEma(nn.Module):
 
     `decay` in [0, 1) (else `ValueError`). Call `ema(model)` after each optimizer step; `scope(model)` swaps
     the averaged weights in and always swaps the raw ones back. Buffers: `num_updates` (int64) and one float32
-    shadow per parameter. Source: `sgm/modules/ema.py: LitEma`; bugcase BC15."""
+    shadow per parameter, float32 whatever the module is cast to. Source: `sgm/modules/ema.py: LitEma`; bugcase BC15."""
     def __init__(self, model: nn.Module, decay: float = 0.9999, use_num_updates: bool = True):
         super().__init__()
         if not 0.0 <= decay < 1.0: raise ValueError(f"decay must be in [0, 1); got decay={decay!r}")
@@ -54,6 +54,12 @@ class LitEma(nn.Module):
         "num_updates; on a GPU read from the device once (after creation or loading), then kept on the host: no per-step sync."
         if self._n is None or self.num_updates.device.type == "cpu": self._n = int(self.num_updates)
         return self._n
+
+    def _apply(self, fn, recurse=True):
+        "Device moves follow the module; dtype casts do not: the shadows stay float32 under `.half()` or Lightning's `bf16-true` (a 1e-4 step of the average is below bf16's resolution)."
+        for k, b in self._buffers.items():
+            if b is not None: moved = fn(b); self._buffers[k] = moved if moved.dtype == b.dtype else b.to(moved.device)
+        return self
 
     def _load_from_state_dict(self, *args, **kwargs):
         self._n = None
@@ -99,47 +105,57 @@ def loss_per_sigma_bucket(loss: Tensor, # per-sample loss [B]
     names = sigma_bucket_names(edges)
     return {names[i]: loss[idx == i].mean() for i in idx.unique().tolist()}
 
-# %% ../nbs/11_engine.ipynb #3830d444
-class NonFiniteLossError(RuntimeError):
-    "Raised when a training loss is NaN or ±inf; the message names the global step and the σ of the bad samples."
+# %% ../nbs/11_engine.ipynb #b189dae7
+class CompiledStep:
+    """`torch.compile` of a step function `fn(z, *args) -> loss [B]` for the shape of the first `z` it is called with.
 
-def _identity(x): return x
+    `cuda_graphs`: replay as CUDA graphs (`mode="reduce-overhead"`), on the process's main thread only: a call from
+    another thread compiles without them (torch could not record a process's graphs again from another thread;
+    they bought 1.01–1.03× where the GPU is busy, BENCHMARKS.md). The engine asks for no graphs under gradient
+    accumulation (bugcase BC26). A replay's output is cloned (the next replay overwrites it). Attributes: `graphs`
+    (whether the compiled step replays CUDA graphs), `shape` (the compiled batch shape, None before the first
+    call); a call with another shape (a short last batch) runs `fn` eagerly. Source: PyTorch's `torch.compile`
+    documentation ("reduce-overhead" mode, `torch.compiler.cudagraph_mark_step_begin`)."""
+    def __init__(self, fn, cuda_graphs: bool = False):
+        self.fn, self.cuda_graphs = fn, bool(cuda_graphs)
+        self.compiled, self.shape, self.graphs = None, None, False
 
-_GRAPH_THREAD = None   # the thread (object: ids are reused) that records CUDA graphs in this process
+    def __call__(self, z: Tensor, *args) -> Tensor:
+        graphs = self.cuda_graphs and threading.current_thread() is threading.main_thread()
+        if self.compiled is None or graphs != self.graphs: self._compile(z, graphs)
+        if tuple(z.shape) != self.shape: return self.fn(z, *args)
+        if not self.graphs: return self.compiled(z, *args)
+        torch.compiler.cudagraph_mark_step_begin()
+        return self.compiled(z, *args).clone()
 
-def _may_record_cuda_graphs() -> bool:
-    """True when CUDA graphs may be recorded on this thread: the first thread to ask, and only it. On the H200 a
-    re-recording from a later thread (a second `fit_in_background`, or `trainer.fit` in a cell after one) stopped
-    with "operation failed due to a previous error during capture", also after `torch.compiler.reset()`
-    (`bench/refit_cudagraphs.py`, BENCHMARKS.md). Elsewhere the step is compiled without CUDA graphs, with a warning."""
-    global _GRAPH_THREAD
-    if _GRAPH_THREAD is None: _GRAPH_THREAD = threading.current_thread()
-    if _GRAPH_THREAD is threading.current_thread(): return True
-    warnings.warn("DiffusionEngine: CUDA graphs were recorded on another thread in this process, and torch cannot "
-                  "record them again from this one; this fit compiles its step without CUDA graphs. Train on the "
-                  "thread of the first fit (fit_in_background always uses the same one) to keep them.", RuntimeWarning)
-    return False
+    def _compile(self, z: Tensor, graphs: bool):
+        self.graphs, self.shape = graphs, tuple(z.shape)
+        self.compiled = torch.compile(self.fn, mode="reduce-overhead" if graphs else None, dynamic=False)
 
+    def __repr__(self): return f"CompiledStep(cuda_graphs={self.cuda_graphs}, graphs={self.graphs}, shape={self.shape})"
+
+# %% ../nbs/11_engine.ipynb #b1b02bdb
 class DiffusionEngine(pl.LightningModule):
     """sgm's diffusion LightningModule: first stage → loss_fn(network, denoiser, conditioner) → AdamW, EMA, sampling.
 
-    Components (objects; from an sgm config `*_config` dicts are built and passed by name):
-    `network(x, c_noise, cond) -> F`; `denoiser(network, x_t, σ, cond) -> D`; `loss_fn(network, denoiser,
-    conditioner, z, batch) -> loss [B]`; `conditioner(batch) -> cond` or `None`; `first_stage` with
-    `encode/decode` or `None` (pixel space); `sampler(denoiser_fn, x, cond, uc) -> samples` or `None`.
+    Components (objects; from an sgm config `*_config` dicts are built and passed by name), each any object with
+    its family's sgm call, a user's own callables included: `network(x, c_noise, cond) -> F`;
+    `denoiser(network, x_t, σ, cond) -> D`; `loss_fn(network, denoiser, conditioner, z, batch) -> loss [B]`
+    (with `prepare`/`loss`, as `StandardDiffusionLoss` has, the engine compiles the formula and logs the loss
+    per σ); `conditioner(batch) -> cond` or `None`; `first_stage` with `encode/decode` or `None` (pixel space);
+    `sampler(denoiser_fn, x, cond, uc) -> samples` or `None`.
     Optimisation: AdamW(`lr`, `betas`, `weight_decay`; fused on CUDA) with linear warm-up over `warmup_steps`;
     gradient clipping is the Trainer's `gradient_clip_val`. `use_ema`/`ema_decay_rate`: EMA of the network,
     used by `sample()` by default. `input_key`: batch key of the images. `sample_shape`: (C, H, W) of the
     diffusion space (set from the first batch when `None`). Logs `train/loss`, `train/lr`, `train/ema_decay`,
-    `loss_sigma/<bucket>`. Raises `NonFiniteLossError` on a NaN/inf loss.
-    GPU fast path (a switch left `None` is on with CUDA and off on the CPU; measured in BENCHMARKS.md):
-    `sync_checks=False` checks σ on the CPU and the loss on the device, so a step makes no host sync (a NaN/inf
-    loss makes the fused AdamW skip that step and is raised one step later; host-side values are logged only on
-    the steps the loggers write); `fused_optimizer`: fused AdamW (without it the NaN check syncs each step);
-    `compile_step`: `torch.compile` of preconditioning + network + loss, forward and backward (needs
-    `sync_checks=False`); `cuda_graphs`: the compiled step replayed as CUDA graphs ("reduce-overhead"),
-    recorded only on the first thread in the process that records them (a fit on another thread compiles without
-    graphs and warns with `RuntimeWarning`; `fit_in_background` always uses one thread); `channels_last` (default off, slower in eager mode): NHWC memory format for network and input.
+    `loss_sigma/<bucket>`. Raises `NonFiniteLossError` on a NaN/inf loss, `ValueError` for a bad `lr`/`warmup_steps`.
+    GPU switches (a switch left `None` is on with CUDA and off on the CPU; measured in BENCHMARKS.md):
+    `sync_checks=False` checks the loss for NaN/inf on the device and raises one step later, with host-side values
+    logged only on the steps the loggers write (`deferred_checks`; the loss is then shown in the progress bar as
+    `host_loss`, a float read on those steps); `fused_optimizer`: fused AdamW (without it
+    the NaN check syncs each step); `compile_step`: `torch.compile` of `loss_fn.loss` (`CompiledStep`);
+    `cuda_graphs`: its replay as CUDA graphs, where `CompiledStep`'s policy allows; `channels_last` (default
+    off, slower in eager mode): NHWC memory format for network and input.
     Source: `sgm/models/diffusion.py: DiffusionEngine`."""
     def __init__(self, network: nn.Module, denoiser: nn.Module, loss_fn, conditioner: nn.Module = None,
                  first_stage: nn.Module = None, sampler=None, lr: float = 1e-4, betas=(0.9, 0.999),
@@ -162,10 +178,8 @@ class DiffusionEngine(pl.LightningModule):
         self.config = None   # the full run config, saved into checkpoints by the CLI
         self.sync_checks, self.fused_optimizer, self.compile_step = sync_checks, fused_optimizer, compile_step
         self.cuda_graphs, self.channels_last = cuda_graphs, channels_last
-        self._pending = None
-        self._forget_compiled()
+        self._pending, self.compiled_step, self.host_loss = None, None, None
 
-    # --- the seed's Levels 1-3 -------------------------------------------------------------
     def get_input(self, batch: dict) -> Tensor: return batch[self.input_key]
 
     @torch.no_grad()
@@ -176,263 +190,158 @@ class DiffusionEngine(pl.LightningModule):
     def decode_first_stage(self, z: Tensor) -> Tensor:
         return z if self.first_stage is None else self.first_stage.decode(z)
 
-    def forward(self, x: Tensor, batch: dict):
-        if self.fast_path: return self._fast_loss_and_sigmas(x, batch)
-        loss, sigmas = self.loss_fn.loss_and_sigmas(self.model, self.denoiser, self.conditioner, x, batch)
-        self._check_finite(loss, sigmas)
-        return loss, sigmas
-
-    def shared_step(self, batch: dict):
-        z = self.encode_first_stage(self.get_input(batch))
-        if self.sample_shape is None: self.sample_shape = tuple(z.shape[1:])
-        batch["global_step"] = self.global_step
-        return self(z, batch)
-
-    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        self._raise_pending_nonfinite()
-        loss, sigmas = self.shared_step(batch)
-        loss_mean = loss.mean()
-        if self.fast_path: self._guard_nonfinite(loss, sigmas)
-        self.log("train/loss", loss_mean, prog_bar=True, on_step=True, on_epoch=False, batch_size=loss.shape[0])
-        if self._log_now():
-            buckets = loss_per_sigma_bucket(loss.detach(), sigmas, self.sigma_bucket_edges)
-            for k, v in buckets.items(): self.log(f"loss_sigma/{k}", v, on_step=True, on_epoch=False)
-            self.log("train/lr", self.optimizers().param_groups[0]["lr"] if self._trainer else self.lr, on_step=True, on_epoch=False)
-        return loss_mean
-
-    def optimizer_step(self, *args, **kwargs):
-        "The optimizer step, then the EMA update — before any callback's `on_train_batch_end` (e.g. a checkpoint) sees the state."
-        out = super().optimizer_step(*args, **kwargs)
-        if self.use_ema:
-            if self._log_now(): self.log("train/ema_decay", self.model_ema.current_decay(), on_step=True, on_epoch=False)
-            self.model_ema(self.model)
-        return out
-
-    def on_train_end(self): self._raise_pending_nonfinite()
-
-    def _check_finite(self, loss: Tensor, sigmas: Tensor):
-        if bool((~torch.isfinite(loss.detach())).any()): self._raise_nonfinite(self.global_step, loss, sigmas)
-
-    def _raise_nonfinite(self, step: int, loss: Tensor, sigmas: Tensor):
-        bad = ~torch.isfinite(loss.detach())
-        raise NonFiniteLossError(f"non-finite loss at global step {step}: loss={loss[bad][:4].tolist()} "
-                                 f"at sigma={sigmas[bad][:4].tolist()} ({int(bad.sum())} of {loss.numel()} samples). "
-                                 f"Training stopped; the last checkpoint on disk is the last good one.")
-
-    # --- the GPU fast path -------------------------------------------------------------------------
-    def _on(self, switch: str) -> bool:
-        "A fast-path switch: its value, or (`None`) on with CUDA and off on the CPU."
-        v = getattr(self, switch)
-        return self.device.type == "cuda" if v is None else bool(v)
-
-    @property
-    def fast_path(self) -> bool:
-        "Whether steps run without host syncs: `sync_checks` off and the standard loss and denoiser (the NaN guard needs a fused optimizer)."
-        return (not (self.device.type != "cuda" if self.sync_checks is None else self.sync_checks)
-                and _standard_components(self.loss_fn, self.denoiser))
-
-    def _log_now(self) -> bool:
-        "Log host-side values (per-σ buckets, lr, EMA decay) now? Each step, but on the fast path only on the steps the loggers write."
-        t = self._trainer
-        if t is None or not self.fast_path: return True
-        return bool(getattr(t._logger_connector, "should_update_logs", True))
-
-    def _checked_sigmas(self, n: int) -> Tensor:
-        "σ `[n]` from the loss's σ sampler, with the checks of the loss, scaling and weighting run on these CPU values."
-        sigmas = as_sigma(self.loss_fn.sigma_sampler(n), name="sigmas")
-        if sigmas.shape != (n,): raise ValueError(f"sigmas must have shape [B] = [{n}]; got shape {tuple(sigmas.shape)}")
-        self.denoiser.scaling(sigmas); self.loss_fn.loss_weighting(sigmas)
-        return sigmas
-
-    def _fast_loss_and_sigmas(self, z: Tensor, batch: dict):
-        "As `loss_fn.loss_and_sigmas`, with σ checked on the CPU and copied without a sync, then `_loss_on_device`."
-        sigmas = self._checked_sigmas(z.shape[0])
-        sigmas = (sigmas.pin_memory() if z.is_cuda else sigmas).to(z.device, non_blocking=True)
-        cond = self.conditioner(batch) if self.conditioner is not None else {}
-        extra = {k: batch[k] for k in self.loss_fn.batch2model_keys.intersection(batch)}
-        if self._on("channels_last") and z.ndim == 4: z = z.contiguous(memory_format=torch.channels_last)
-        step = self._device_loss(z)
-        graphs = step is self._compiled and self._compiled_graphs
-        if graphs: torch.compiler.cudagraph_mark_step_begin()
-        loss = step(z, sigmas, cond, extra)
-        return (loss.clone() if graphs else loss), sigmas   # graph outputs are overwritten by the next replay
-
-    def _loss_on_device(self, z: Tensor, sigmas: Tensor, cond: dict, extra: dict) -> Tensor:
-        "Loss `[B]` of `loss_fn → denoiser → network` for checked σ `[B]` on z's device: the same formulas, no device-side checks."
-        lf, dn = self.loss_fn, self.denoiser
-        noised = z + lf.noise(z) * append_dims(sigmas, z.ndim)
-        sigma = dn.possibly_quantize_sigma(sigmas)
-        sigma_bc = append_dims(sigma, z.ndim)
-        c_skip, c_out, c_in, c_noise = dn.scaling.coefficients(sigma_bc)
-        out = self.model(noised * c_in, dn.possibly_quantize_c_noise(c_noise.reshape(sigma.shape)), cond, **extra)
-        D = noised + sigma_bc**2 * out if dn.is_score_output else out * c_out + noised * c_skip
-        return lf.get_loss(D, z, append_dims(lf.loss_weighting.weight(sigmas), z.ndim))
-
-    def _device_loss(self, z: Tensor):
-        "`_loss_on_device`, compiled (`compile_step`) for the first batch shape; other shapes (a short last batch) run eagerly."
-        if not self._on("compile_step"): return self._loss_on_device
-        if self._compiled is None:
-            self._compiled_graphs = self._on("cuda_graphs") and _may_record_cuda_graphs()
-            mode = "reduce-overhead" if self._compiled_graphs else None
-            self._compiled, self._compiled_shape = torch.compile(self._loss_on_device, mode=mode, dynamic=False), tuple(z.shape)
-            self._compiled_thread = threading.current_thread()
-        return self._compiled if tuple(z.shape) == self._compiled_shape else self._loss_on_device
-
-    def _guard_nonfinite(self, loss: Tensor, sigmas: Tensor):
-        "Fast path: a non-finite loss sets the fused AdamW's `found_inf` (the step is skipped on the device); raised next step."
-        opts = self.trainer.optimizers if self._trainer is not None else []
-        if not all(o.defaults.get("fused") for o in opts): return self._check_finite(loss, sigmas)
-        bad = (~torch.isfinite(loss.detach())).any()
-        for o in opts: o.found_inf = bad.float()
-        host = lambda t: t.detach().to("cpu", non_blocking=True)
-        event = torch.cuda.Event() if loss.is_cuda else None
-        self._pending = (self.global_step, host(bad), host(loss), host(sigmas), event)
-        if event is not None: event.record()
-
-    def _raise_pending_nonfinite(self):
-        "Raise `NonFiniteLossError` for the last step's loss, if the device found it non-finite (waits for that step only)."
-        p, self._pending = self._pending, None
-        if p is None: return
-        step, bad, loss, sigmas, event = p
-        if event is not None: event.synchronize()
-        if bool(bad): self._raise_nonfinite(step, loss, sigmas)
-
-    def on_fit_start(self):
-        if self._on("channels_last"): self.model.to(memory_format=torch.channels_last)
-        if self._compiled is not None and self._compiled_thread is not threading.current_thread():
-            self._forget_compiled()   # compiled on another thread: compile for this one
-
-    _NOT_COMPILED = dict(_compiled=None, _compiled_shape=None, _compiled_thread=None, _compiled_graphs=False)
-
-    def _forget_compiled(self): self.__dict__.update(self._NOT_COMPILED)
-
     def __getstate__(self) -> dict:
-        "As LightningModule's, without the compiled step: it is bound to this object and thread (pickle, copy, deepcopy)."
-        return {**super().__getstate__(), **self._NOT_COMPILED}
+        "As LightningModule's, without the compiled step: it is bound to this object (pickle, copy, deepcopy)."
+        return {**super().__getstate__(), "compiled_step": None}
 
-    # --- optimisation ------------------------------------------------------------------------
-    def trainable_parameters(self) -> list:
-        "The network's parameters, plus those of trainable conditioner embedders (as sgm)."
-        params = list(self.model.parameters())
-        if self.conditioner is not None:
-            for emb in getattr(self.conditioner, "embedders", []):
-                if getattr(emb, "is_trainable", False): params += list(emb.parameters())
-        return [p for p in params if p.requires_grad]
+# %% ../nbs/11_engine.ipynb #af5e2d30
+def _splits(loss_fn) -> bool: return hasattr(loss_fn, "prepare") and hasattr(loss_fn, "loss")
 
-    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
-        """The Trainer's `gradient_clip_val`, also with a fused AdamW: without a gradient scaler (fp32, bf16-mixed)
-        the gradients are true gradients and are clipped with torch's `clip_grad_norm_`/`clip_grad_value_`
-        (Lightning refuses fused optimizers outright); with fp16's scaler Lightning's own path (and its error) applies.
-        `gradient_clip_val` > 0 (total L2 norm, or each element's |g| for `gradient_clip_algorithm="value"`).
-        Source: `lightning.pytorch.LightningModule.configure_gradient_clipping` / `clip_gradients`, which it replaces."""
-        scaler = getattr(getattr(self.trainer, "precision_plugin", None), "scaler", None)
-        if not gradient_clip_val or scaler is not None:
-            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
-        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-        if gradient_clip_algorithm == "value": torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
-        else: torch.nn.utils.clip_grad_norm_(params, gradient_clip_val, foreach=True)
+@patch
+def forward(self: DiffusionEngine, z: Tensor, batch: dict) -> tuple[Tensor, Tensor | None]:
+    "sgm's `forward`: `(loss [B] float32, σ [B] or None)` of `loss_fn` on the (latent) images `z` `[B, ...]`."
+    if not _splits(self.loss_fn): return self.loss_fn(self.model, self.denoiser, self.conditioner, z, batch), None
+    sigmas, cond, extra = self.loss_fn.prepare(self.denoiser, self.conditioner, z, batch)
+    if self._on("channels_last") and z.ndim == 4: z = z.contiguous(memory_format=torch.channels_last)
+    return (self.compiled_step or self._loss)(z, sigmas, cond, extra), sigmas
 
-    def configure_optimizers(self):
-        opt = torch.optim.AdamW(self.trainable_parameters(), lr=self.lr, betas=self.betas,
-                                weight_decay=self.weight_decay, fused=self._on("fused_optimizer") or None)
-        warm = self.warmup_steps
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warm) if warm else 1.0)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+@patch
+def _loss(self: DiffusionEngine, z: Tensor, sigmas: Tensor, cond: dict, extra: dict) -> Tensor:
+    "The call `CompiledStep` compiles: `loss_fn.loss` on this engine's network and denoiser."
+    return self.loss_fn.loss(self.model, self.denoiser, z, sigmas, cond, extra)
 
-    # --- checkpoints: RNG state and the run config travel with the weights --------------------
-    def on_save_checkpoint(self, checkpoint: dict):
-        checkpoint["rng_states"] = _rng_states()
-        checkpoint["sample_shape"] = self.sample_shape
-        if self.config is not None: checkpoint["diffexplore_config"] = self.config
+@patch
+def shared_step(self: DiffusionEngine, batch: dict):
+    z = self.encode_first_stage(self.get_input(batch))
+    if self.sample_shape is None: self.sample_shape = tuple(z.shape[1:])
+    batch["global_step"] = self.global_step
+    return self(z, batch)
 
-    def on_load_checkpoint(self, checkpoint: dict):
-        if checkpoint.get("sample_shape"): self.sample_shape = tuple(checkpoint["sample_shape"])
-        self._pending_rng = checkpoint.get("rng_states")
+@patch
+def training_step(self: DiffusionEngine, batch: dict, batch_idx: int) -> Tensor:
+    self._raise_pending_nonfinite()
+    loss, sigmas = self.shared_step(batch)
+    self._check_loss(loss, sigmas)
+    loss_mean = loss.mean()
+    # in Lightning's progress bar a metric is read back (`.item()`) every step: with deferred checks the bar shows
+    # `host_loss` instead, read on the steps the loggers write (`LossProgressBar`)
+    self.log("train/loss", loss_mean, prog_bar=not self.deferred_checks, on_step=True, on_epoch=False, batch_size=loss.shape[0])
+    if self._log_now():
+        if self.deferred_checks: self.host_loss = float(loss_mean.detach())
+        if sigmas is not None:
+            for k, v in loss_per_sigma_bucket(loss.detach(), sigmas, self.sigma_bucket_edges).items():
+                self.log(f"loss_sigma/{k}", v, on_step=True, on_epoch=False)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"] if self._trainer else self.lr, on_step=True, on_epoch=False)
+    return loss_mean
 
-    def on_train_start(self):
-        if getattr(self, "_pending_rng", None) is not None:   # after Lightning's own restore and set-up
-            _set_rng_states(self._pending_rng); self._pending_rng = None
+@patch
+def optimizer_step(self: DiffusionEngine, *args, **kwargs):
+    "The optimizer step, then the EMA update — once per optimizer step (also with gradient accumulation), before any callback's `on_train_batch_end` (e.g. a checkpoint) sees the state."
+    out = pl.LightningModule.optimizer_step(self, *args, **kwargs)
+    if self.use_ema:
+        if self._log_now(): self.log("train/ema_decay", self.model_ema.current_decay(), on_step=True, on_epoch=False)
+        self.model_ema(self.model)
+    return out
 
-    # --- sampling --------------------------------------------------------------------------------
-    @contextmanager
-    def ema_scope(self, enabled: bool = True):
-        "Use the EMA weights of the network inside the block (a no-op without EMA); raw weights restored on exit."
-        if self.use_ema and enabled:
-            with self.model_ema.scope(self.model): yield
-        else: yield
+# %% ../nbs/11_engine.ipynb #8d8fd8a4
+@patch
+def _on(self: DiffusionEngine, switch: str) -> bool:
+    "A GPU switch: its value, or (`None`) on with CUDA and off on the CPU."
+    v = getattr(self, switch)
+    return self.device.type == "cuda" if v is None else bool(v)
 
-    @torch.no_grad()
-    def sample(self, cond: dict, uc: dict = None, batch_size: int = 16, shape=None, use_ema: bool = True,
-               generator: torch.Generator = None, **kwargs) -> Tensor:
-        """Generate `batch_size` samples in diffusion space, `[batch_size, *shape]` (float32), from unit noise.
+@patch
+def on_fit_start(self: DiffusionEngine):
+    if self._on("channels_last"): self.model.to(memory_format=torch.channels_last)
+    accumulating = self._trainer is not None and self.trainer.accumulate_grad_batches > 1
+    self.compiled_step = CompiledStep(self._loss, cuda_graphs=self._on("cuda_graphs") and not accumulating) \
+        if self._on("compile_step") and _splits(self.loss_fn) else None
 
-        `cond`/`uc`: conditioning dicts (uc is used by a CFG guider). Uses the EMA network when `use_ema`.
-        Raises `ValueError` without a sampler or a known shape. Source: `sgm/models/diffusion.py: sample`."""
-        if self.sampler is None: raise ValueError("sampler is None: pass sampler= (e.g. EulerEDMSampler) to sample")
-        shape = tuple(shape or self.sample_shape or ())
-        if not shape: raise ValueError("shape is unknown: pass shape=(C, H, W) or train one step first")
-        randn = torch.randn((batch_size, *shape), generator=generator, device=generator.device if generator else "cpu").to(self.device)
-        was_training = self.training; self.eval()
-        try:
-            with self.ema_scope(use_ema):
-                denoise = lambda input, sigma, c: self.denoiser(self.model, input, sigma, c, **kwargs)
-                return self.sampler(denoise, randn, cond, uc=uc)
-        finally: self.train(was_training)
+# %% ../nbs/11_engine.ipynb #440db54b
+class NonFiniteLossError(RuntimeError):
+    "Raised when a training loss is NaN or ±inf; the message names the global step and the σ of the bad samples."
 
-    @torch.no_grad()
-    def generate(self, n: int, class_labels=None, use_ema: bool = True, seed: int = None) -> Tensor:
-        """`n` images in data space (`[n, C, H, W]`, float32, clipped to [−1, 1]), decoded by the first stage.
+@patch(as_prop=True)
+def deferred_checks(self: DiffusionEngine) -> bool:
+    "Whether the loss is checked on the device, without a host sync per step (`sync_checks` off; default on with CUDA)."
+    return not (self.device.type != "cuda" if self.sync_checks is None else self.sync_checks)
 
-        `class_labels`: int labels `[n]` (or one int) for a class-conditional model; the batch is `{"cls": labels}`.
-        A CFG guider in the sampler uses the conditioner's unconditional branch. `seed` fixes the initial noise."""
-        if class_labels is not None:
-            class_labels = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1).expand(n) if torch.as_tensor(class_labels).numel() == 1 \
-                else torch.as_tensor(class_labels, dtype=torch.long)
-            if class_labels.shape != (n,): raise ValueError(f"class_labels must have {n} entries; got shape {tuple(class_labels.shape)}")
-        c, uc = self.conditionings({"cls": class_labels.to(self.device)} if class_labels is not None else {}, n)
-        g = torch.Generator().manual_seed(seed) if seed is not None else None
-        z = self.sample(c, uc=uc, batch_size=n, use_ema=use_ema, generator=g)
-        return self.decode_first_stage(z).clamp(-1, 1)
+@patch
+def _log_now(self: DiffusionEngine) -> bool:
+    "Log host-side values now? Every step, but with deferred checks only on the steps the loggers write."
+    t = self._trainer
+    if t is None or not self.deferred_checks: return True
+    return bool(getattr(t._logger_connector, "should_update_logs", True))
 
-    @torch.no_grad()
-    def log_images(self, batch: dict, N: int = 8, sample: bool = True, seed: int = 0) -> dict:
-        """Images for logging, as sgm's `log_images`: `"inputs"` (the batch's first `N` images), `"reconstructions"`
-        (through the first stage, when there is one) and `"samples"` (generated with the same class labels,
-        EMA weights). Each `[n, C, H, W]` float32 in [-1, 1]. Source: `sgm/models/diffusion.py: log_images`."""
-        x = self.get_input(batch)[:N].to(self.device)
-        out = {"inputs": x.float().clamp(-1, 1)}
-        if self.first_stage is not None and not _is_identity(self.first_stage):
-            out["reconstructions"] = self.decode_first_stage(self.encode_first_stage(x)).float().clamp(-1, 1)
-        if sample:
-            labels = batch["cls"][:len(x)] if "cls" in batch and self.conditioner is not None else None
-            out["samples"] = self.generate(len(x), class_labels=labels, seed=seed)
-        return out
+@patch
+def _check_loss(self: DiffusionEngine, loss: Tensor, sigmas: Tensor | None):
+    "Check the step's loss: now, on the host, or deferred to the device (`_guard_nonfinite`)."
+    opts = self.trainer.optimizers if self._trainer is not None else []
+    if self.deferred_checks and opts and all(o.defaults.get("fused") for o in opts): self._guard_nonfinite(loss, sigmas, opts)
+    elif bool((~torch.isfinite(loss.detach())).any()): self._raise_nonfinite(self.global_step, loss, sigmas)
 
-    def conditionings(self, batch: dict, n: int):
-        """(c, uc) for sampling, without dropout: uc zeroes every embedder (the learned null class for a
-        `ClassEmbedder(learned_null=True)`), i.e. the fully unconditional branch that ucg dropout trains."""
-        if self.conditioner is None: return {}, {}
-        keys = [e.input_key for e in getattr(self.conditioner, "embedders", [])]
-        return self.conditioner.get_unconditional_conditioning(batch, force_uc_zero_embeddings=keys)
+@patch
+def _raise_nonfinite(self: DiffusionEngine, step: int, loss: Tensor, sigmas: Tensor | None):
+    bad = ~torch.isfinite(loss.detach())
+    at = sigmas[bad][:4].tolist() if sigmas is not None else "unknown (the loss does not report its σ)"
+    raise NonFiniteLossError(f"non-finite loss at global step {step}: loss={loss[bad][:4].tolist()} at sigma={at} "
+                             f"({int(bad.sum())} of {loss.numel()} samples). Training stopped; the last checkpoint on disk is the last good one.")
 
-def _standard_components(loss_fn, denoiser) -> bool:
-    "The fast path re-states `StandardDiffusionLoss.loss_and_sigmas` and `Denoiser.forward`: only for those (or subclasses keeping them)."
-    return (getattr(type(loss_fn), "loss_and_sigmas", None) is StandardDiffusionLoss.loss_and_sigmas
-            and isinstance(denoiser, Denoiser) and type(denoiser).forward is Denoiser.forward)
+# %% ../nbs/11_engine.ipynb #7cc2d4ce
+@patch
+def _guard_nonfinite(self: DiffusionEngine, loss: Tensor, sigmas: Tensor | None, opts: list):
+    "A non-finite loss sets each fused AdamW's `found_inf` (the step is skipped on the device); raised next step."
+    bad = (~torch.isfinite(loss.detach())).any()
+    for o in opts: o.found_inf = bad.float()
+    event = torch.cuda.Event() if loss.is_cuda else None
+    self._pending = (self.global_step, bad.to("cpu", non_blocking=True), loss.detach(), sigmas, event)   # one copy a step
+    if event is not None: event.record()
 
-def conditioner_classes(conditioner) -> int | None:
-    """Number of classes (int >= 1) of the conditioner's first class embedder: the first of its `embedders` with
-    `input_key="cls"` and a positive int `n_classes` (or `num_classes` where `n_classes` is unset); `None` for
-    an unconditional model or a conditioner without one. Used to check data against the model and to label samples.
-    Source: sgm's `GeneralConditioner.embedders` and `ClassEmbedder.n_classes` (`sgm/modules/encoders/modules.py`)."""
-    for emb in getattr(conditioner, "embedders", None) or []:
-        if getattr(emb, "input_key", None) != "cls": continue
-        n = getattr(emb, "n_classes", None) or getattr(emb, "num_classes", None)
-        if isinstance(n, int) and n > 0: return n
-    return None
+@patch
+def _raise_pending_nonfinite(self: DiffusionEngine):
+    "Raise `NonFiniteLossError` for the last step's loss, if the device found it non-finite (waits for that step only)."
+    p, self._pending = self._pending, None
+    if p is None: return
+    step, bad, loss, sigmas, event = p
+    if event is not None: event.synchronize()
+    if bool(bad): self._raise_nonfinite(step, loss.cpu(), None if sigmas is None else sigmas.cpu())
 
-def _is_identity(first_stage) -> bool: return type(first_stage).__name__ == "IdentityFirstStage"   # by name: importing it imports diffusers
+@patch
+def on_train_end(self: DiffusionEngine): self._raise_pending_nonfinite()
 
+# %% ../nbs/11_engine.ipynb #918a65d7
+@patch
+def trainable_parameters(self: DiffusionEngine) -> list:
+    "The network's parameters, plus those of trainable conditioner embedders (as sgm)."
+    params = list(self.model.parameters())
+    if self.conditioner is not None:
+        for emb in getattr(self.conditioner, "embedders", []):
+            if getattr(emb, "is_trainable", False): params += list(emb.parameters())
+    return [p for p in params if p.requires_grad]
+
+@patch
+def configure_optimizers(self: DiffusionEngine):
+    opt = torch.optim.AdamW(self.trainable_parameters(), lr=self.lr, betas=self.betas,
+                            weight_decay=self.weight_decay, fused=self._on("fused_optimizer") or None)
+    warm = self.warmup_steps
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warm) if warm else 1.0)
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+@patch
+def configure_gradient_clipping(self: DiffusionEngine, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+    """The Trainer's `gradient_clip_val`, also with a fused AdamW: without a gradient scaler (fp32, bf16)
+    the gradients are true gradients and are clipped with torch's `clip_grad_norm_`/`clip_grad_value_`
+    (Lightning refuses fused optimizers outright); with fp16's scaler Lightning's own path (and its error) applies.
+    `gradient_clip_val` > 0 (total L2 norm, or each element's |g| for `gradient_clip_algorithm="value"`).
+    Source: `lightning.pytorch.LightningModule.configure_gradient_clipping` / `clip_gradients`, which it replaces."""
+    scaler = getattr(getattr(self.trainer, "precision_plugin", None), "scaler", None)
+    if not gradient_clip_val or scaler is not None:
+        return pl.LightningModule.configure_gradient_clipping(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
+    params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    if gradient_clip_algorithm == "value": torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+    else: torch.nn.utils.clip_grad_norm_(params, gradient_clip_val, foreach=True)
+
+# %% ../nbs/11_engine.ipynb #19100a60
 def _rng_states() -> dict:
     kind, keys, pos, has_gauss, gauss = np.random.get_state()   # stored as tensors and ints: loads with weights_only=True
     s = {"torch": torch.get_rng_state(), "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
@@ -445,6 +354,105 @@ def _set_rng_states(s: dict):
     torch.set_rng_state(s["torch"]); random.setstate(s["python"])
     np.random.set_state((kind, np.asarray(keys, dtype=np.int64).astype(np.uint32), pos, has_gauss, gauss))
     if "cuda" in s and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s["cuda"])
+
+@patch
+def on_save_checkpoint(self: DiffusionEngine, checkpoint: dict):
+    checkpoint["rng_states"] = _rng_states()
+    checkpoint["sample_shape"] = self.sample_shape
+    if self.config is not None: checkpoint["diffexplore_config"] = self.config
+
+@patch
+def on_load_checkpoint(self: DiffusionEngine, checkpoint: dict):
+    if checkpoint.get("sample_shape"): self.sample_shape = tuple(checkpoint["sample_shape"])
+    self._pending_rng = checkpoint.get("rng_states")
+
+@patch
+def on_train_start(self: DiffusionEngine):
+    if getattr(self, "_pending_rng", None) is not None:   # after Lightning's own restore and set-up
+        _set_rng_states(self._pending_rng); self._pending_rng = None
+
+# %% ../nbs/11_engine.ipynb #8082a0d5
+@patch
+@contextmanager
+def ema_scope(self: DiffusionEngine, enabled: bool = True):
+    "Use the EMA weights of the network inside the block (a no-op without EMA); raw weights restored on exit."
+    if self.use_ema and enabled:
+        with self.model_ema.scope(self.model): yield
+    else: yield
+
+@patch
+@torch.no_grad()
+def sample(self: DiffusionEngine, cond: dict, uc: dict = None, batch_size: int = 16, shape=None, use_ema: bool = True,
+           generator: torch.Generator = None, **kwargs) -> Tensor:
+    """Generate `batch_size` samples in diffusion space, `[batch_size, *shape]` (float32), from unit noise.
+
+    `cond`/`uc`: conditioning dicts (uc is used by a CFG guider). Uses the EMA network when `use_ema`.
+    Raises `ValueError` without a sampler or a known shape. Source: `sgm/models/diffusion.py: sample`."""
+    if self.sampler is None: raise ValueError("sampler is None: pass sampler= (e.g. EulerEDMSampler) to sample")
+    shape = tuple(shape or self.sample_shape or ())
+    if not shape: raise ValueError("shape is unknown: pass shape=(C, H, W) or train one step first")
+    randn = torch.randn((batch_size, *shape), generator=generator, device=generator.device if generator else "cpu").to(self.device)
+    was_training = self.training; self.eval()
+    try:
+        with self.ema_scope(use_ema):
+            denoise = lambda input, sigma, c: unchecked(self.denoiser)(self.model, input, sigma, c, **kwargs)
+            return self.sampler(denoise, randn, cond, uc=uc)
+    finally: self.train(was_training)
+
+# %% ../nbs/11_engine.ipynb #76914b73
+@patch
+@torch.no_grad()
+def generate(self: DiffusionEngine, n: int, class_labels=None, use_ema: bool = True, seed: int = None) -> Tensor:
+    """`n` images in data space (`[n, C, H, W]`, float32, clipped to [−1, 1]), decoded by the first stage.
+
+    `class_labels`: int labels `[n]` (or one int) for a class-conditional model; the batch is `{"cls": labels}`.
+    A CFG guider in the sampler uses the conditioner's unconditional branch. `seed` fixes the initial noise.
+    Raises `ValueError` when `class_labels` has neither 1 nor `n` entries."""
+    if class_labels is not None:
+        class_labels = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1).expand(n) if torch.as_tensor(class_labels).numel() == 1 \
+            else torch.as_tensor(class_labels, dtype=torch.long)
+        if class_labels.shape != (n,): raise ValueError(f"class_labels must have {n} entries; got shape {tuple(class_labels.shape)}")
+    c, uc = self.conditionings({"cls": class_labels.to(self.device)} if class_labels is not None else {}, n)
+    g = torch.Generator().manual_seed(seed) if seed is not None else None
+    z = self.sample(c, uc=uc, batch_size=n, use_ema=use_ema, generator=g)
+    return self.decode_first_stage(z).clamp(-1, 1)
+
+@patch
+@torch.no_grad()
+def log_images(self: DiffusionEngine, batch: dict, N: int = 8, sample: bool = True, seed: int = 0) -> dict:
+    """Images for logging, as sgm's `log_images`: `"inputs"` (the batch's first `N` images), `"reconstructions"`
+    (through the first stage, when there is one) and `"samples"` (generated with the same class labels,
+    EMA weights). Each `[n, C, H, W]` float32 in [-1, 1]. Source: `sgm/models/diffusion.py: log_images`."""
+    x = self.get_input(batch)[:N].to(self.device)
+    out = {"inputs": x.float().clamp(-1, 1)}
+    if self.first_stage is not None and not _is_identity(self.first_stage):
+        out["reconstructions"] = self.decode_first_stage(self.encode_first_stage(x)).float().clamp(-1, 1)
+    if sample:
+        labels = batch["cls"][:len(x)] if "cls" in batch and self.conditioner is not None else None
+        out["samples"] = self.generate(len(x), class_labels=labels, seed=seed)
+    return out
+
+@patch
+def conditionings(self: DiffusionEngine, batch: dict, n: int):
+    """(c, uc) for sampling, without dropout: uc zeroes every embedder (the learned null class for a
+    `ClassEmbedder(learned_null=True)`), i.e. the fully unconditional branch that ucg dropout trains."""
+    if self.conditioner is None: return {}, {}
+    keys = [e.input_key for e in getattr(self.conditioner, "embedders", [])]
+    return self.conditioner.get_unconditional_conditioning(batch, force_uc_zero_embeddings=keys)
+
+def _is_identity(first_stage) -> bool: return type(first_stage).__name__ == "IdentityFirstStage"   # by name: importing it imports diffusers
+
+# %% ../nbs/11_engine.ipynb #7f36a89f
+def conditioner_classes(conditioner) -> int | None:
+    """Number of classes (int >= 1) of the conditioner's first class embedder: the first of its `embedders` with
+    `input_key="cls"` and a positive int `n_classes` (or `num_classes` where `n_classes` is unset); `None` for
+    an unconditional model or a conditioner without one. Used to check data against the model and to label samples.
+    Source: sgm's `GeneralConditioner.embedders` and `ClassEmbedder.n_classes` (`sgm/modules/encoders/modules.py`)."""
+    for emb in getattr(conditioner, "embedders", None) or []:
+        if getattr(emb, "input_key", None) != "cls": continue
+        n = getattr(emb, "n_classes", None) or getattr(emb, "num_classes", None)
+        if isinstance(n, int) and n > 0: return n
+    return None
 
 # %% ../nbs/11_engine.ipynb #535fabe8
 FAST_SWITCHES = ("bf16", "tf32", "benchmark", "compile", "cuda_graphs", "async_checks")
@@ -471,8 +479,16 @@ def fast_gpu_settings(trainer_kwargs: dict, # keyword arguments for `pl.Trainer`
     if "benchmark" not in off: kw.setdefault("benchmark", True)
     if "tf32" not in off: torch.set_float32_matmul_precision("high")
     if "async_checks" not in off and kw.get("enable_progress_bar", True) and not any(isinstance(c, pl.callbacks.ProgressBar) for c in kw.get("callbacks", [])):
-        kw["callbacks"] = [*kw.get("callbacks", []), pl.callbacks.TQDMProgressBar(refresh_rate=int(kw.get("log_every_n_steps") or 50))]
+        kw["callbacks"] = [*kw.get("callbacks", []), LossProgressBar(refresh_rate=int(kw.get("log_every_n_steps") or 50))]
     return kw
+
+class LossProgressBar(pl.callbacks.TQDMProgressBar):
+    """Lightning's TQDM bar, with the engine's `host_loss` (the loss read on the steps the loggers write) as `loss`:
+    a metric logged with `prog_bar=True` is read back from the GPU at every step, which would wait for it."""
+    def get_metrics(self, trainer, pl_module) -> dict:
+        m = super().get_metrics(trainer, pl_module)
+        if getattr(pl_module, "host_loss", None) is not None: m["loss"] = f"{pl_module.host_loss:.4g}"
+        return m
 
 def _switches_off(engine: DiffusionEngine, off: set):
     if "compile" in off: engine.compile_step = False

@@ -17,6 +17,7 @@ from torch import Tensor
 from .core import as_sigma
 from .data import DigitsDataModule, ImageDataModule
 from .denoiser import ideal_network_output
+from .loss import add_noise
 from .discretizer import Discretization, EDMDiscretization, LegacyDDPMDiscretization
 from .scalings import SCALINGS, DenoiserScaling, scaling_curves
 from .sigma_sampling import DiscreteSampling, EDMSampling
@@ -108,7 +109,7 @@ def target_std_curve(scaling: DenoiserScaling, # defines F* through c_skip and c
     return torch.cat([_target_std(scaling, x0, eps, s) for s in sigmas.split(64)])
 
 def _target_std(scaling, x0, eps, sigmas):
-    x_t = x0 + sigmas[:, None] * eps
+    x_t = add_noise(x0.expand(len(sigmas), -1), eps.expand(len(sigmas), -1), sigmas)
     return ideal_network_output(scaling, x_t, sigmas, x0.expand_as(x_t)).std(dim=1)
 
 # %% ../nbs/16_explorers.ipynb #ec325444
@@ -371,7 +372,7 @@ def noising_panels(x0: Tensor, # one clean image [C, H, W]
     "The images of the NoisingExplorer at one σ. Raises `ValueError` for σ ≤ 0."
     s = as_sigma(torch.tensor([float(sigma)], dtype=torch.float64))
     x0 = x0[None].double()
-    x_t = x0 + s * eps[None].double()
+    x_t = add_noise(x0, eps[None].double(), s)
     imgs = (x0, x_t, scaling.c_in(s) * x_t, ideal_network_output(scaling, x_t, s, x0), optimal_denoiser(x_t, s, data.double()))
     return {p: im[0] for p, im in zip(NOISING_PANELS, imgs)}
 

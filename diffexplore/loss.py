@@ -6,10 +6,19 @@
 from __future__ import annotations
 import torch
 from torch import Tensor
-from .core import Repr, append_dims, as_sigma
+from fastcore.basics import patch
+from .core import Repr, append_dims, as_sigma, check, unchecked
 
 # %% auto #0
-__all__ = ['LOSS_TYPES', 'StandardDiffusionLoss']
+__all__ = ['LOSS_TYPES', 'add_noise', 'StandardDiffusionLoss']
+
+# %% ../nbs/06_loss.ipynb #7238bc90
+def add_noise(x0: Tensor, # clean data [B, ...]
+              noise: Tensor, # ε, shaped like x0 (any float dtype)
+              sigma: Tensor, # σ ≥ 0, [B] (one per sample)
+             ) -> Tensor: # x_t = x_0 + σ·ε, in the wider dtype of x0, ε and σ
+    "The forward process: `x_t = x_0 + σ·ε`, σ broadcast over the data dims. Source: Karras et al. 2022, eq. 1 / §2; sgm `loss.py`."
+    return x0 + noise * append_dims(sigma, x0.ndim)
 
 # %% ../nbs/06_loss.ipynb #a2583352
 LOSS_TYPES = ("l2", "l1")
@@ -19,7 +28,7 @@ class StandardDiffusionLoss(Repr):
 
     Call: `loss_fn(network, denoiser, conditioner, input, batch) -> loss` float32 `[B]`, where `input` is the
     clean (latent) data x_0 `[B, C, ...]` (4-D images or 5-D video), `batch` the dict the conditioner reads,
-    and `conditioner(batch) -> cond dict` (or `None` for no conditioning).
+    and `conditioner(batch) -> cond dict` (or `None` for no conditioning). The call is `prepare` then `loss`.
     `sigma_sampler(n) -> σ [n]` draws training noise levels; `loss_weighting(σ) -> w`.
     `offset_noise_level` ≥ 0: std of the per-(sample, channel) offset added to ε (0 draws nothing extra).
     `batch2model_keys`: batch entries passed on to the network as keyword arguments.
@@ -41,31 +50,50 @@ class StandardDiffusionLoss(Repr):
     def loss_and_sigmas(self, network, denoiser, conditioner, input: Tensor, batch: dict, *,
                         sigmas=None, noise=None) -> tuple[Tensor, Tensor]:
         "As `__call__`, also returning the σ `[B]` drawn for each sample (for per-σ logging)."
-        cond = conditioner(batch) if conditioner is not None else {}
-        extra = {k: batch[k] for k in self.batch2model_keys.intersection(batch)}
-        sigmas = self._sigmas(input, sigmas)
-        noised = input + self.noise(input, noise) * append_dims(sigmas, input.ndim)
-        model_output = denoiser(network, noised, sigmas, cond, **extra)
-        w = append_dims(self.loss_weighting(sigmas), input.ndim)
-        return self.get_loss(model_output, input, w), sigmas
+        sigmas, cond, extra = self.prepare(denoiser, conditioner, input, batch, sigmas=sigmas)
+        return self.loss(network, denoiser, input, sigmas, cond, extra, noise=noise), sigmas
 
-    def _sigmas(self, input, sigmas):
-        sigmas = as_sigma(self.sigma_sampler(input.shape[0]) if sigmas is None else sigmas, name="sigmas").to(input.device)
-        if sigmas.shape != (input.shape[0],):
-            raise ValueError(f"sigmas must have shape [B] = [{input.shape[0]}]; got shape {tuple(sigmas.shape)}")
-        return sigmas
+# %% ../nbs/06_loss.ipynb #b65c320b
+@patch
+def prepare(self: StandardDiffusionLoss, denoiser, conditioner, input: Tensor, batch: dict, *, sigmas=None):
+    """Steps 1–2 and every σ check: `(σ [B] on input's device, cond, extra network kwargs)`.
 
-    def noise(self, input: Tensor, noise: Tensor = None) -> Tensor:
-        "ε ~ N(0, I) shaped like `input`, plus `offset_noise_level`·N(0, 1) per (sample, channel) broadcast over the rest."
-        noise = torch.randn_like(input) if noise is None else noise
-        if self.offset_noise_level > 0.0:
-            if input.ndim < 3: raise ValueError(f"offset noise needs input [B, C, ...] with >= 3 dims; got shape {tuple(input.shape)}")
-            offset = torch.randn(input.shape[:2] + (1,) * (input.ndim - 2), device=input.device, dtype=input.dtype)
-            noise = noise + self.offset_noise_level * offset
-        return noise
+    σ is drawn by `sigma_sampler` (on the host) unless given, checked there by the weighting and the denoiser
+    (`core.check`), then copied to the device without waiting for it. Raises `ValueError` naming σ."""
+    cond = conditioner(batch) if conditioner is not None else {}
+    extra = {k: batch[k] for k in self.batch2model_keys.intersection(batch)}
+    n = input.shape[0]
+    sigmas = as_sigma(self.sigma_sampler(n) if sigmas is None else sigmas, name="sigmas")
+    if sigmas.shape != (n,): raise ValueError(f"sigmas must have shape [B] = [{n}]; got shape {tuple(sigmas.shape)}")
+    sigmas = check(denoiser, check(self.loss_weighting, sigmas))
+    if input.is_cuda and sigmas.device.type == "cpu": sigmas = sigmas.pin_memory()   # a pinned copy does not wait
+    return sigmas.to(input.device, non_blocking=True), cond, extra
 
-    def get_loss(self, model_output: Tensor, target: Tensor, w: Tensor) -> Tensor:
-        "Per-sample float32 loss `[B]`: mean over non-batch dims of `w·(D − x_0)²` (l2) or `w·|D − x_0|` (l1)."
-        diff = model_output.float() - target.float()
-        err = diff**2 if self.loss_type == "l2" else diff.abs()
-        return (w.float() * err).reshape(target.shape[0], -1).mean(dim=1)
+# %% ../nbs/06_loss.ipynb #7c5b8d95
+@patch
+def loss(self: StandardDiffusionLoss, network, denoiser, input: Tensor, sigmas: Tensor, cond: dict,
+         extra: dict | None = None, noise: Tensor | None = None) -> Tensor:
+    """Steps 3–6, the training formula, for σ `[B]` that `prepare` checked: per-sample float32 loss `[B]`.
+
+    Reads nothing back from the device (the engine compiles this call whole)."""
+    noised = add_noise(input, self.noise(input, noise), sigmas)
+    D = unchecked(denoiser)(network, noised, sigmas, cond, **(extra or {}))
+    return self.get_loss(D, input, append_dims(unchecked(self.loss_weighting)(sigmas), input.ndim))
+
+# %% ../nbs/06_loss.ipynb #dc34ced2
+@patch
+def noise(self: StandardDiffusionLoss, input: Tensor, noise: Tensor = None) -> Tensor:
+    "ε ~ N(0, I) shaped like `input`, plus `offset_noise_level`·N(0, 1) per (sample, channel) broadcast over the rest."
+    noise = torch.randn_like(input) if noise is None else noise
+    if self.offset_noise_level > 0.0:
+        if input.ndim < 3: raise ValueError(f"offset noise needs input [B, C, ...] with >= 3 dims; got shape {tuple(input.shape)}")
+        offset = torch.randn(input.shape[:2] + (1,) * (input.ndim - 2), device=input.device, dtype=input.dtype)
+        noise = noise + self.offset_noise_level * offset
+    return noise
+
+@patch
+def get_loss(self: StandardDiffusionLoss, model_output: Tensor, target: Tensor, w: Tensor) -> Tensor:
+    "Per-sample float32 loss `[B]`: mean over non-batch dims of `w·(D − x_0)²` (l2) or `w·|D − x_0|` (l1)."
+    diff = model_output.float() - target.float()
+    err = diff**2 if self.loss_type == "l2" else diff.abs()
+    return (w.float() * err).reshape(target.shape[0], -1).mean(dim=1)

@@ -22,11 +22,14 @@ class DenoiserScaling(Repr):
     scaling has a finite limit there (`allow_inf`), and for σ = 0 where c_noise is ln σ (`allow_zero`).
     Source: `sgm/modules/diffusionmodules/denoiser_scaling.py`."""
     allow_inf, allow_zero = False, True
-    def __call__(self, sigma) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def __call__(self, sigma) -> tuple[Tensor, Tensor, Tensor, Tensor]: return self.coefficients(self.check(sigma))
+    def check(self, sigma) -> Tensor:
+        "σ as a float tensor, or `ValueError` naming the value this scaling cannot take (reads σ: run on host values)."
         sigma = as_sigma(sigma, allow_inf=self.allow_inf)
         if not self.allow_zero and bool((sigma == 0).any()):
             raise ValueError(f"{type(self).__name__}: c_noise = ln(sigma)/4 is -inf at sigma=0; got sigma=0.0")
-        return self.coefficients(sigma)
+        return sigma
+    def unchecked(self, sigma: Tensor): "The coefficients for σ that `check` passed (no host reads)."; return self.coefficients(sigma)
     def coefficients(self, sigma: Tensor): raise NotImplementedError
     def c_skip(self, sigma) -> Tensor: return self(sigma)[0]
     def c_out(self, sigma) -> Tensor: return self(sigma)[1]

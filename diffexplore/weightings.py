@@ -20,11 +20,14 @@ class DiffusionLossWeighting(Repr):
     negative/NaN/infinite σ, and for σ = 0 where the weight is infinite.
     Source: `sgm/modules/diffusionmodules/denoiser_weighting.py`."""
     finite_at_zero = False
-    def __call__(self, sigma) -> Tensor:
+    def __call__(self, sigma) -> Tensor: return self.weight(self.check(sigma))
+    def check(self, sigma) -> Tensor:
+        "σ as a float tensor, or `ValueError` naming the value this weighting cannot take (reads σ: run on host values)."
         sigma = as_sigma(sigma)
         if not self.finite_at_zero and bool((sigma == 0).any()):
             raise ValueError(f"{type(self).__name__} is infinite at sigma=0 (got sigma=0.0); sample sigma > 0")
-        return self.weight(sigma)
+        return sigma
+    def unchecked(self, sigma: Tensor) -> Tensor: "w for σ that `check` passed (no host reads)."; return self.weight(sigma)
     def weight(self, sigma: Tensor) -> Tensor: raise NotImplementedError
 
 # %% ../nbs/04_weightings.ipynb #1e95817f

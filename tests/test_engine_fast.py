@@ -1,8 +1,10 @@
-"The engine's GPU fast path, exercised on the CPU: compiled step (traced with the aot_eager backend), EMA counter, CLI switches."
+"""The engine's one training path, exercised on the CPU: the compiled step and its CUDA-graph policy, sgm-contract
+components written by a user, deferred checks, bf16-true, gradient accumulation (BC26), the CLI switches."""
+import threading
 import pytest
 import torch
 import lightning.pytorch as pl
-from diffexplore.engine import DiffusionEngine, LitEma, fast_gpu_settings, FAST_SWITCHES
+from diffexplore.engine import DiffusionEngine, LitEma, CompiledStep, fast_gpu_settings, FAST_SWITCHES, ema_decay
 from diffexplore.denoiser import Denoiser
 from diffexplore.scalings import EDMScaling
 from diffexplore.weightings import EDMWeighting
@@ -12,44 +14,141 @@ from diffexplore.networks import build_unet, OpenAIWrapper
 from diffexplore import cli
 
 
-def _engine(**kw):
-    return DiffusionEngine(OpenAIWrapper(build_unet("tiny", in_channels=3, sample_size=8)), Denoiser(EDMScaling(0.5)),
-                           StandardDiffusionLoss(EDMSampling(), EDMWeighting(0.5)), **kw)
+def _engine(denoiser=None, loss_fn=None, **kw):
+    return DiffusionEngine(OpenAIWrapper(build_unet("tiny", in_channels=3, sample_size=8)), denoiser or Denoiser(EDMScaling(0.5)),
+                           loss_fn or StandardDiffusionLoss(EDMSampling(), EDMWeighting(0.5)), **kw)
 
 
-def test_compiled_step_first_shape_only(monkeypatch):
-    "compile_step compiles `_loss_on_device` once, for the first batch shape; a short last batch runs eagerly."
-    calls = []
+def _data(n=6, batch_size=4):
+    return torch.utils.data.DataLoader([{"jpg": x} for x in torch.randn(n, 3, 8, 8, generator=torch.Generator().manual_seed(0))],
+                                       batch_size=batch_size)
+
+
+def _trainer(max_steps, **kw):
+    return pl.Trainer(max_steps=max_steps, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, **kw)
+
+
+def _aot_eager(monkeypatch, calls):
     real = torch.compile
     def fake_compile(fn, **kw):
         calls.append(kw)
         return real(fn, backend="aot_eager", dynamic=kw.get("dynamic"))   # no C++/Triton build on the CPU
     monkeypatch.setattr(torch, "compile", fake_compile)
+
+
+def test_compiled_step_first_shape_only(monkeypatch):
+    "compile_step compiles `loss_fn.loss` once, for the first batch shape; a short last batch runs eagerly."
+    calls = []
+    _aot_eager(monkeypatch, calls)
     e = _engine(sync_checks=False, fused_optimizer=True, compile_step=True, cuda_graphs=False)
-    data = torch.utils.data.DataLoader([{"jpg": x} for x in torch.randn(6, 3, 8, 8)], batch_size=4)  # batches of 4 and 2
-    t = pl.Trainer(max_steps=4, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                   enable_model_summary=False, log_every_n_steps=2)
-    t.fit(e, data)
+    t = _trainer(4, log_every_n_steps=2)
+    t.fit(e, _data())                                         # batches of 4 and 2
     assert len(calls) == 1 and calls[0]["mode"] is None and calls[0]["dynamic"] is False
-    assert e._compiled_shape == (4, 3, 8, 8)
+    assert e.compiled_step.shape == (4, 3, 8, 8) and e.compiled_step.graphs is False
     assert int(e.model_ema.num_updates) == 4
     assert {"train/loss", "train/lr", "train/ema_decay"} <= set(t.logged_metrics)
 
 
-def test_fast_path_needs_standard_components():
-    class MyLoss(StandardDiffusionLoss):
-        def loss_and_sigmas(self, *a, **k): return super().loss_and_sigmas(*a, **k)
-    e = DiffusionEngine(torch.nn.Identity(), Denoiser(EDMScaling(0.5)), MyLoss(EDMSampling(), EDMWeighting(0.5)), sync_checks=False)
-    assert not e.fast_path                      # an overridden loss_and_sigmas keeps the checked path
-    assert _engine(sync_checks=False).fast_path
+def test_cuda_graph_policy_main_thread_and_no_accumulation(monkeypatch):
+    "CUDA graphs only on the main thread, and never with gradient accumulation (BC26): one policy, in CompiledStep."
+    monkeypatch.setattr(torch, "compile", lambda fn, mode=None, dynamic=None: fn)
+    step = CompiledStep(lambda z: z.sum(), cuda_graphs=True)
+    out = []
+    th = threading.Thread(target=lambda: out.append((step(torch.ones(2)), step.graphs))); th.start(); th.join()
+    assert out[0][1] is False
+    e = _engine(compile_step=True, cuda_graphs=True)
+    e.trainer = _trainer(1, accumulate_grad_batches=2)
+    e.on_fit_start()
+    assert e.compiled_step.cuda_graphs is False
+    e.trainer = _trainer(1)
+    e.on_fit_start()
+    assert e.compiled_step.cuda_graphs is True
 
 
-def test_checked_sigmas_raise_on_the_cpu():
+def _user_components():
+    "A scaling, weighting and σ sampler as plain functions with sgm's calls: no diffexplore class, no `check`/`unchecked`."
+    def scaling(sigma):
+        n = (sigma**2 + 0.25).sqrt()
+        return 0.25 / n**2, sigma * 0.5 / n, 1 / n, sigma.log() / 4
+    def weighting(sigma): return (sigma**2 + 0.25) / (sigma * 0.5)**2
+    def sigma_sampler(n, rand=None): return (torch.randn(n) * 1.2 - 1.2).exp()
+    return scaling, weighting, sigma_sampler
+
+
+def _train_user(**switches):
+    scaling, weighting, sigma_sampler = _user_components()
+    pl.seed_everything(0, verbose=False)
+    e = _engine(Denoiser(scaling), StandardDiffusionLoss(sigma_sampler, weighting), **switches)
+    losses = []
+    class Rec(pl.Callback):
+        def on_train_batch_end(self, trainer, m, outputs, batch, i): losses.append(outputs["loss"].detach().clone())
+    _trainer(5, callbacks=[Rec()]).fit(e, _data(8))
+    return torch.stack(losses), [p.detach().clone() for p in e.model.parameters()], e
+
+
+def test_user_components_train_bit_identical_on_both_paths():
+    "sgm-contract callables train with deferred checks (sync_checks off, eager) to the same bits as with host checks."
+    fast_l, fast_w, fast_e = _train_user(sync_checks=False, fused_optimizer=True)
+    ref_l, ref_w, ref_e = _train_user(sync_checks=True, fused_optimizer=True)
+    assert fast_e.deferred_checks and not ref_e.deferred_checks
+    assert torch.equal(fast_l, ref_l)
+    assert all(torch.equal(a, b) for a, b in zip(fast_w, ref_w))
+
+
+def test_user_components_train_compiled(monkeypatch):
+    "The same components through the compiled step (aot_eager on the CPU): they train, with the same first loss."
+    _aot_eager(monkeypatch, [])
+    comp_l, _, comp_e = _train_user(sync_checks=False, fused_optimizer=True, compile_step=True, cuda_graphs=False)
+    ref_l, _, _ = _train_user(sync_checks=True, fused_optimizer=True)
+    assert comp_e.compiled_step.shape == (4, 3, 8, 8)
+    torch.testing.assert_close(comp_l, ref_l, rtol=1e-4, atol=1e-6)
+
+
+def test_user_loss_callable_trains():
+    "A loss that is a plain callable with sgm's call trains; its σ is unknown, so no per-σ buckets are logged."
+    inner = StandardDiffusionLoss(EDMSampling(), EDMWeighting(0.5))
+    def my_loss(network, denoiser, conditioner, input, batch): return inner(network, denoiser, conditioner, input, batch)
+    e = _engine(loss_fn=my_loss, compile_step=True)
+    t = _trainer(2)
+    t.fit(e, _data())
+    assert t.global_step == 2 and e.compiled_step is None
+    assert not any(k.startswith("loss_sigma/") for k in t.logged_metrics)
+
+
+def test_sigma_checks_run_on_the_host():
+    "σ is checked where it is drawn: EDMScaling rejects σ = 0 in `prepare`, before anything reaches the network."
     class ZeroSampler:
         def __call__(self, n, rand=None): return torch.zeros(n)
-    e = DiffusionEngine(torch.nn.Identity(), Denoiser(EDMScaling(0.5)), StandardDiffusionLoss(ZeroSampler(), EDMWeighting(0.5)),
-                        sync_checks=False)
-    with pytest.raises(ValueError, match="sigma"): e._checked_sigmas(4)   # EDMScaling rejects σ = 0, as the checked path does
+    e = _engine(loss_fn=StandardDiffusionLoss(ZeroSampler(), EDMWeighting(0.5)), sync_checks=False)
+    with pytest.raises(ValueError, match="sigma"): e(torch.zeros(4, 3, 8, 8), {})
+
+
+def test_bf16_true_trains_and_ema_stays_float32():
+    "Lightning's bf16-true: the network gets bf16 input, the loss is float32, the EMA shadows stay float32 and average."
+    e = _engine()
+    t = _trainer(3, precision="bf16-true")
+    t.fit(e, _data(12))
+    assert t.global_step == 3 and int(e.model_ema.num_updates) == 3
+    assert next(e.model.parameters()).dtype == torch.bfloat16
+    assert {s.dtype for s in e.model_ema.shadows()} == {torch.float32}
+
+
+def test_gradient_accumulation_one_ema_update_per_optimizer_step():
+    "BC26: accumulate_grad_batches=2, 4 micro-batches -> 2 optimizer steps -> 2 EMA updates, shadow as the formula says."
+    e = _engine(ema_decay_rate=0.9999)
+    params = []
+    class Snap(pl.Callback):
+        def on_train_start(self, trainer, m): params.append([p.detach().float().clone() for p in m.model.parameters()])
+        def on_train_batch_end(self, trainer, m, *a):
+            if len(params) <= trainer.global_step: params.append([p.detach().float().clone() for p in m.model.parameters()])
+    t = _trainer(2, accumulate_grad_batches=2, callbacks=[Snap()])
+    t.fit(e, _data(16))
+    assert t.global_step == 2 and int(e.model_ema.num_updates) == 2 and len(params) == 3
+    d1, d2 = ema_decay(0.9999, 1), ema_decay(0.9999, 2)
+    assert abs(d1 - 0.18182) < 1e-5 and abs(d2 - 0.25) < 1e-12 and abs(e.model_ema.current_decay() - 0.30769) < 1e-5
+    for s, p0, p1, p2 in zip(e.model_ema.shadows(), *params):
+        torch.testing.assert_close(s, d2 * (d1 * p0 + (1 - d1) * p1) + (1 - d2) * p2, rtol=0, atol=1e-6)
 
 
 def test_ema_host_counter_resets_on_load():
