@@ -5,9 +5,11 @@
 # %% ../nbs/12_sampling.ipynb #82be1313
 from __future__ import annotations
 import math
+from types import SimpleNamespace
 from typing import Callable, Mapping
 
 import torch
+from fastcore.basics import patch
 from torch import Tensor
 from tqdm import tqdm
 
@@ -15,8 +17,9 @@ from .core import Repr, append_dims, as_sigma, check_positive
 from .discretizer import EDMDiscretization
 
 # %% auto #0
-__all__ = ['GaussianDenoiser', 'IdentityGuider', 'VanillaCFG', 'to_d', 'BaseDiffusionSampler', 'EDMSampler', 'EulerEDMSampler',
-           'HeunEDMSampler', 'get_ancestral_step', 'EulerAncestralSampler', 'dpmpp_2m_step', 'DPMPP2MSampler']
+__all__ = ['GaussianDenoiser', 'Guider', 'IdentityGuider', 'VanillaCFG', 'to_d', 'BaseDiffusionSampler', 'EDMSampler',
+           'EulerEDMSampler', 'HeunEDMSampler', 'get_ancestral_step', 'EulerAncestralSampler', 'dpmpp_2m_step',
+           'DPMPP2MSampler']
 
 # %% ../nbs/12_sampling.ipynb #9914a2fb
 class GaussianDenoiser(Repr):
@@ -36,22 +39,30 @@ class GaussianDenoiser(Repr):
 # %% ../nbs/12_sampling.ipynb #480831ff
 _CFG_KEYS = ("vector", "crossattn", "concat")
 
-class IdentityGuider(Repr):
+class Guider(Repr):
+    """Base of the guiders: `prepare_cond(c, uc) -> c_in` (once per sampling call), `prepare_x(x [B, ...], s [B]) -> (x_in, s_in)`
+    (per denoiser evaluation) and `guider(D, sigma) -> D_guided`. `prepare_inputs(x, s, c, uc)` is sgm's single call,
+    both halves at once; the samplers call a guider that has only `prepare_inputs` and `__call__` (sgm's API) at every evaluation."""
+    def prepare_inputs(self, x: Tensor, s: Tensor, c: Mapping, uc: Mapping) -> tuple[Tensor, Tensor, dict]:
+        return (*self.prepare_x(x, s), self.prepare_cond(c, uc))
+
+class IdentityGuider(Guider):
     "No guidance: the denoiser sees `(x, s, c)` unchanged and its output is returned as is. Source: `sgm/modules/diffusionmodules/guiders.py: IdentityGuider`."
     def __init__(self): pass
-    def prepare_inputs(self, x: Tensor, s: Tensor, c: Mapping, uc: Mapping) -> tuple[Tensor, Tensor, dict]: return x, s, dict(c)
+    def prepare_cond(self, c: Mapping, uc: Mapping) -> dict: return dict(c)
+    def prepare_x(self, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]: return x, s
     def __call__(self, x: Tensor, sigma: Tensor) -> Tensor: return x
 
-class VanillaCFG(Repr):
+class VanillaCFG(Guider):
     """Classifier-free guidance `D_u + scale·(D_c − D_u)` on a doubled batch (uc first, then c).
 
     `scale`: guidance scale, a finite number (1 = conditional, 0 = unconditional), else `ValueError`.
-    `prepare_inputs(x [B, ...], s [B], c, uc) -> (x [2B, ...], s [2B], c_in)`: `vector`/`crossattn`/`concat`
-    are concatenated `(uc, c)` on dim 0; other keys must be equal in c and uc (`ValueError`).
+    `prepare_cond(c, uc) -> c_in`: `vector`/`crossattn`/`concat` are concatenated `(uc, c)` on dim 0; other keys must be
+    equal in c and uc (`ValueError`). `prepare_x(x [B, ...], s [B]) -> (x [2B, ...], s [2B])`.
     `__call__(D [2B, ...], sigma) -> D_guided [B, ...]`. Source: `sgm/modules/diffusionmodules/guiders.py: VanillaCFG`; Ho & Salimans 2022."""
     def __init__(self, scale: float): self.scale = _check_finite(scale, "scale")
-    def prepare_inputs(self, x: Tensor, s: Tensor, c: Mapping, uc: Mapping) -> tuple[Tensor, Tensor, dict]:
-        return torch.cat([x, x]), torch.cat([s, s]), {k: _cfg_cond(k, c, uc) for k in c}
+    def prepare_cond(self, c: Mapping, uc: Mapping) -> dict: return {k: _cfg_cond(k, c, uc) for k in c}
+    def prepare_x(self, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]: return torch.cat([x, x]), torch.cat([s, s])
     def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
         x_u, x_c = x.chunk(2)
         return x_u + self.scale * (x_c - x_u)
@@ -103,7 +114,7 @@ def _check_x(x) -> Tensor:
 def _check_step(sigma, next_sigma=None, name="sigma"):
     """σ > 0 and finite; `next_sigma` (if given) in [0, σ]. Raises `ValueError` naming the bad value (one host sync).
     For the public step functions only: the samplers' loops check their whole schedule once (`_check_sigmas`) and
-    call the unchecked `_slope`, `_ancestral`, `_dpmpp_2m`, so that a step does not wait for the network's result."""
+    take each step's values from `plan` as Python floats, so that a step does not wait for the network's result."""
     s = torch.as_tensor(sigma)
     if not bool(torch.isfinite(s).all() & (s > 0).all()): raise ValueError(f"{name} must be finite and > 0; got {name}={s.tolist()}")
     if next_sigma is not None:
@@ -117,16 +128,30 @@ def to_d(x: Tensor, sigma: Tensor, denoised: Tensor) -> Tensor:
     _check_step(sigma)
     return _slope(x, sigma, denoised)
 
-def _slope(x: Tensor, sigma: Tensor, denoised: Tensor) -> Tensor: return (x - denoised) / append_dims(sigma, x.ndim)
+def _slope(x: Tensor, sigma: Tensor | float, denoised: Tensor) -> Tensor:
+    "`(x − D)/σ`, unchecked; σ a Python float (the loops) or a 0-d or `[B]` tensor."
+    return (x - denoised) / (append_dims(sigma, x.ndim) if isinstance(sigma, Tensor) else sigma)
+
+def _sigma_dtype(x: Tensor) -> torch.dtype: return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+def _host_sigmas(x: Tensor, *values) -> Tensor:
+    "σ values (numbers or 0-d tensors on any device) as a 1-D CPU tensor in the σ dtype for `x` (reads each one)."
+    return torch.tensor([float(v) for v in values], dtype=_sigma_dtype(x))
+
+def _rows(**cols: Tensor) -> list[SimpleNamespace]:
+    "Per-step values: columns `[N]` (CPU tensors) → N namespaces of Python floats, read with one `tolist()`."
+    values = torch.stack([c.double() for c in cols.values()], 1).tolist()
+    return [SimpleNamespace(**dict(zip(cols, v))) for v in values]
 
 # %% ../nbs/12_sampling.ipynb #cf200916
 class BaseDiffusionSampler(Repr):
     """Shared loop of all generation samplers: σ schedule, initial noise scale, guided denoiser calls, progress bar.
 
-    `discretization`: `disc(n, device=...) -> [n+1]` descending σ ending in 0 (default `EDMDiscretization()`).
+    `discretization`: `disc(n, device=, dtype=) -> [n+1]` descending σ ending in 0 (default `EDMDiscretization()`).
     `num_steps`: default number of steps (int >= 1) when the call gives neither `num_steps` nor `sigmas`.
-    `guider`: `IdentityGuider()` (default) or `VanillaCFG(scale)`. `verbose`: tqdm progress bar.
-    `device`: where the discretization builds σ (default: `x`'s device).
+    `guider`: `IdentityGuider()` (default), `VanillaCFG(scale)` or any object with sgm's `prepare_inputs` and `__call__`.
+    `verbose`: tqdm progress bar. `device`: accepted for sgm configs; the schedule is always built and checked on the CPU
+    (the loop decides on host values) and the denoiser gets σ on `x`'s device.
     `init_sigma_data` >= 0: unit noise is scaled by `sqrt(init_sigma_data² + σ_0²)` (1.0 = sgm, 0 = EDM paper; BC09).
     Raises `ValueError`/`TypeError` naming the bad parameter. Source: `sgm/modules/diffusionmodules/sampling.py: BaseDiffusionSampler`."""
     def __init__(self, discretization=None, num_steps: int | None = None, guider=None, verbose: bool = False,
@@ -142,42 +167,29 @@ class BaseDiffusionSampler(Repr):
         sigma_0 = as_sigma(sigma_0, "sigma_0")
         return torch.hypot(sigma_0, torch.full_like(sigma_0, self.init_sigma_data))
 
-    def get_sigmas(self, num_steps: int | None = None, sigmas=None, device=None) -> Tensor:
-        "The checked schedule `[num_steps + 1]`: `sigmas` if given, else `discretization(num_steps or self.num_steps)`."
+    def get_sigmas(self, num_steps: int | None = None, sigmas=None, dtype: torch.dtype = torch.float32) -> Tensor:
+        "The checked CPU schedule `[num_steps + 1]` in `dtype`: `sigmas` if given, else `discretization(num_steps or self.num_steps)`."
         if sigmas is None:
             n = _check_num_steps(self.num_steps if num_steps is None else num_steps)
-            return _check_sigmas(self.discretization(n, device=device))
-        sigmas = _check_sigmas(sigmas)
+            return _check_sigmas(self.discretization(n, device="cpu", dtype=dtype))
+        sigmas = _check_sigmas(torch.as_tensor(sigmas, dtype=dtype, device="cpu"))
         if num_steps is not None and _check_num_steps(num_steps) != len(sigmas) - 1:
             raise ValueError(f"num_steps={num_steps} disagrees with the {len(sigmas) - 1} steps of the given sigmas")
         return sigmas
 
     def prepare_sampling_loop(self, x, cond, uc=None, num_steps=None, sigmas=None, scale_initial_noise=True):
-        "Check inputs; return `(x scaled to σ_0, sigmas, cond, uc)` with σ in x's float dtype (at least float32)."
+        "Check inputs; return `(x scaled to σ_0, sigmas, cond, uc)`: x in float32 (float64 kept), σ on the CPU in x's dtype."
         x = _check_x(x)
-        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        sigmas = self.get_sigmas(num_steps, sigmas, self.device or x.device).to(x.device, dtype)
-        x = x.to(dtype)
+        dtype = _sigma_dtype(x)
+        sigmas, x = self.get_sigmas(num_steps, sigmas, dtype), x.to(dtype)
         if scale_initial_noise: x = x * self.init_noise_scale(sigmas[0])
         cond = {} if cond is None else dict(cond)
         return x, sigmas, cond, cond if uc is None else dict(uc)
-
-    def denoise(self, x: Tensor, denoiser: Callable, sigma, cond: Mapping, uc: Mapping) -> Tensor:
-        "One guided denoiser evaluation at the scalar noise level `sigma` > 0 (passed to the denoiser as `[B]`)."
-        if not float(sigma) > 0: raise ValueError(f"the denoiser is only evaluated at sigma > 0; got sigma={float(sigma)}")
-        s_in = x.new_full((x.shape[0],), float(sigma))
-        denoised = self.guider(denoiser(*self.guider.prepare_inputs(x, s_in, cond, uc)), s_in)
-        if denoised.shape != x.shape: raise ValueError(f"denoiser output has shape {tuple(denoised.shape)}, expected {tuple(x.shape)}")
-        return denoised
 
     def get_sigma_gen(self, num_sigmas: int):
         "Step indices `0 … num_sigmas − 2`, wrapped in a tqdm progress bar when `verbose`."
         return tqdm(range(num_sigmas - 1), desc=f"Sampling with {type(self).__name__} for {num_sigmas - 1} steps",
                     disable=not self.verbose)
-
-    def step(self, i: int, sigmas: Tensor, denoiser, x: Tensor, cond, uc, old_denoised) -> tuple[Tensor, Tensor]:
-        "One step from `sigmas[i]` to `sigmas[i+1]`; returns `(x_next, denoised)`. Implemented by subclasses."
-        raise NotImplementedError
 
     def __call__(self, denoiser: Callable, # `denoiser(input [B, ...], sigma [B], cond) -> D [B, ...]`
                  x: Tensor, # unit noise `[B, ...]`, finite (or already noised with `scale_initial_noise=False`)
@@ -188,17 +200,50 @@ class BaseDiffusionSampler(Repr):
                  *, scale_initial_noise: bool = True, # multiply `x` by `init_noise_scale(sigmas[0])` first
                  callback: Callable | None = None, # called after each step with `dict(i, sigma, next_sigma, x, denoised)`
                 ) -> Tensor: # samples, shaped like `x` (float32, or float64 for float64 input)
-        "Run the sampler from `sigmas[0]` down to 0 and return the samples."
+        "Run the sampler from `sigmas[0]` down to 0 and return the samples. Reads nothing back from `x`'s device per step."
         x, sigmas, cond, uc = self.prepare_sampling_loop(x, cond, uc, num_steps, sigmas, scale_initial_noise)
-        denoised = None
+        plan, den, denoised = self.plan(sigmas), self.guided_denoiser(denoiser, cond, uc), None
         for i in self.get_sigma_gen(len(sigmas)):
-            x, denoised = self.step(i, sigmas, denoiser, x, cond, uc, denoised)
+            x, denoised = self.step(plan[i], den, x, denoised)
             if callback is not None: callback(dict(i=i, sigma=sigmas[i], next_sigma=sigmas[i + 1], x=x, denoised=denoised))
         return x
 
-# %% ../nbs/12_sampling.ipynb #bf01b1e5
-def _as_t(v, x: Tensor) -> Tensor: return torch.as_tensor(v, dtype=x.dtype, device=x.device)
+# %% ../nbs/12_sampling.ipynb #9c4e2b71
+@patch
+def guided_denoiser(self: BaseDiffusionSampler, denoiser: Callable, cond: Mapping, uc: Mapping | None = None) -> Callable:
+    """`den(x [B, ...], sigma: float) -> D_guided [B, ...]`, unchecked: σ reaches `denoiser` as a `[B]` tensor made on
+    x's device from the host float (`x.new_full`, no read back). The guider's `prepare_cond(cond, uc)` runs here, once
+    (`uc` defaults to `cond`); a guider with only sgm's `prepare_inputs(x, s, c, uc)` has it called at every evaluation.
+    `den` raises `ValueError` if D's shape is not x's."""
+    g, uc = self.guider, cond if uc is None else uc
+    if hasattr(g, "prepare_cond") and hasattr(g, "prepare_x"):
+        c_in = g.prepare_cond(cond, uc)
+        inputs = lambda x, s: (*g.prepare_x(x, s), c_in)
+    else: inputs = lambda x, s: g.prepare_inputs(x, s, cond, uc)
+    def den(x: Tensor, sigma: float) -> Tensor:
+        s_in = x.new_full((x.shape[0],), sigma)
+        denoised = g(denoiser(*inputs(x, s_in)), s_in)
+        if denoised.shape != x.shape: raise ValueError(f"denoiser output has shape {tuple(denoised.shape)}, expected {tuple(x.shape)}")
+        return denoised
+    return den
 
+@patch
+def denoise(self: BaseDiffusionSampler, x: Tensor, denoiser: Callable, sigma, cond: Mapping, uc: Mapping | None = None) -> Tensor:
+    "One guided denoiser evaluation at the scalar noise level `sigma` > 0 (`ValueError` otherwise; reads `sigma` on the host)."
+    if not float(sigma) > 0: raise ValueError(f"the denoiser is only evaluated at sigma > 0; got sigma={float(sigma)}")
+    return self.guided_denoiser(denoiser, cond, uc)(x, float(sigma))
+
+@patch
+def plan(self: BaseDiffusionSampler, sigmas: Tensor) -> list[SimpleNamespace]:
+    "Host values of each step from the checked CPU schedule `[N+1]`: `N` rows of floats (`sigma`, `next_sigma`; subclasses add theirs)."
+    return _rows(sigma=sigmas[:-1], next_sigma=sigmas[1:])
+
+@patch
+def step(self: BaseDiffusionSampler, p: SimpleNamespace, den: Callable, x: Tensor, old_denoised) -> tuple[Tensor, Tensor]:
+    "One step with the host values `p` (a row of `plan`) and `den = guided_denoiser(...)`; returns `(x_next, denoised)`. Implemented by subclasses."
+    raise NotImplementedError
+
+# %% ../nbs/12_sampling.ipynb #bf01b1e5
 class EDMSampler(BaseDiffusionSampler):
     """Karras et al. 2022 Algorithm 2 (stochastic "churn" + ODE step); subclasses choose Euler or Heun.
 
@@ -213,33 +258,50 @@ class EDMSampler(BaseDiffusionSampler):
         self.s_tmin, self.s_tmax = _check_nonneg(s_tmin, "s_tmin"), _check_nonneg(s_tmax, "s_tmax", allow_inf=True)
         if self.s_tmax < self.s_tmin: raise ValueError(f"s_tmax must be >= s_tmin={s_tmin}; got s_tmax={s_tmax}")
 
+    def gammas(self, sigma: Tensor, num_steps: int) -> Tensor:
+        "γ_i = min(s_churn/num_steps, √2 − 1) where s_tmin <= σ_i <= s_tmax, else 0 (Algorithm 2, line 4); shaped and typed like `sigma`."
+        window = (self.s_tmin <= sigma) & (sigma <= self.s_tmax)
+        return window.to(sigma.dtype) * min(self.s_churn / num_steps, 2**0.5 - 1)
+
     def gamma(self, sigma, num_steps: int) -> float:
-        "γ_i = min(s_churn/num_steps, √2 − 1) if s_tmin <= σ_i <= s_tmax else 0 (Algorithm 2, line 4)."
-        return min(self.s_churn / num_steps, 2**0.5 - 1) if self.s_tmin <= float(sigma) <= self.s_tmax else 0.0
+        "`gammas` of one σ (a number or 0-d tensor), as a float."
+        return float(self.gammas(torch.as_tensor(sigma, dtype=torch.float64), num_steps))
+
+    def churn(self, sigma: Tensor, next_sigma: Tensor, gamma: Tensor) -> dict[str, Tensor]:
+        "Algorithm 2, lines 5–7, tensor form: σ̂ = σ(1 + γ), the churn noise's std `s_noise·sqrt(σ̂² − σ²)` and `dt = σ_{i+1} − σ̂`."
+        sigma_hat = sigma * (gamma + 1)
+        return dict(gamma=gamma, sigma_hat=sigma_hat, noise_std=self.s_noise * (sigma_hat**2 - sigma**2).sqrt(),
+                    next_sigma=next_sigma, dt=next_sigma - sigma_hat)
+
+    def plan(self, sigmas: Tensor) -> list[SimpleNamespace]:
+        "Per step: `churn` of σ_i, σ_{i+1} and γ_i (`gammas`) over the whole schedule."
+        sigma, next_sigma = sigmas[:-1], sigmas[1:]
+        return _rows(**self.churn(sigma, next_sigma, self.gammas(sigma, len(sigma))))
+
+    def step(self, p, den, x, old_denoised):
+        "Churn to σ̂ (noise only where γ > 0), an Euler step to σ_{i+1} and the subclass's correction."
+        if p.gamma > 0: x = x + p.noise_std * torch.randn_like(x)
+        denoised = den(x, p.sigma_hat)
+        d = _slope(x, p.sigma_hat, denoised)
+        return self.possible_correction_step(x + p.dt * d, x, d, p.dt, p.next_sigma, den), denoised
 
     def sampler_step(self, sigma, next_sigma, denoiser, x, cond, uc=None, gamma=0.0) -> tuple[Tensor, Tensor]:
-        "Churn to σ̂ = σ(1 + γ), then an Euler step to `next_sigma` and the subclass's correction. Returns `(x_next, denoised)`."
-        sigma, next_sigma = _as_t(sigma, x), _as_t(next_sigma, x)
-        sigma_hat = sigma * (gamma + 1.0)
-        if gamma > 0: x = x + self.s_noise * (sigma_hat**2 - sigma**2).sqrt() * torch.randn_like(x)
-        denoised = self.denoise(x, denoiser, sigma_hat, cond, uc)
-        d, dt = _slope(x, sigma_hat, denoised), next_sigma - sigma_hat
-        return self.possible_correction_step(x + dt * d, x, d, dt, next_sigma, denoiser, cond, uc), denoised
+        "One step from `sigma` > 0 to `next_sigma` in [0, σ] with churn `gamma` >= 0 (`ValueError` otherwise). Returns `(x_next, denoised)`."
+        _check_step(sigma, next_sigma)
+        s = _host_sigmas(x, sigma, next_sigma)
+        p = _rows(**self.churn(s[:1], s[1:], torch.full_like(s[:1], _check_nonneg(gamma, "gamma"))))[0]
+        return self.step(p, self.guided_denoiser(denoiser, cond, uc), x, None)
 
-    def possible_correction_step(self, euler_step, x, d, dt, next_sigma, denoiser, cond, uc) -> Tensor: return euler_step
-
-    def step(self, i, sigmas, denoiser, x, cond, uc, old_denoised):
-        gamma = self.gamma(sigmas[i], len(sigmas) - 1)
-        return self.sampler_step(sigmas[i], sigmas[i + 1], denoiser, x, cond, uc, gamma)
+    def possible_correction_step(self, euler_step, x, d, dt: float, next_sigma: float, den) -> Tensor: return euler_step
 
 class EulerEDMSampler(EDMSampler):
     "First-order Euler steps on the probability-flow ODE, with optional churn (Karras et al. 2022, Alg. 2 without line 8). N denoiser calls."
 
 class HeunEDMSampler(EDMSampler):
     "Second-order Heun steps with optional churn (Karras et al. 2022, Alg. 2); the step into σ = 0 is plain Euler. 2N − 1 denoiser calls."
-    def possible_correction_step(self, euler_step, x, d, dt, next_sigma, denoiser, cond, uc) -> Tensor:
-        if float(next_sigma) == 0: return euler_step  # no 2nd-order step into σ = 0 (d' would divide by 0)
-        d_new = _slope(euler_step, next_sigma, self.denoise(euler_step, denoiser, next_sigma, cond, uc))
+    def possible_correction_step(self, euler_step, x, d, dt: float, next_sigma: float, den) -> Tensor:
+        if next_sigma == 0: return euler_step  # no 2nd-order step into σ = 0 (d' would divide by 0)
+        d_new = _slope(euler_step, next_sigma, den(euler_step, next_sigma))
         return x + dt * (d + d_new) / 2
 
 # %% ../nbs/12_sampling.ipynb #d7ca3a16
@@ -269,25 +331,42 @@ class EulerAncestralSampler(BaseDiffusionSampler):
         super().__init__(discretization, num_steps, guider, verbose, device, init_sigma_data)
         self.eta, self.s_noise = _check_nonneg(eta, "eta"), _check_nonneg(s_noise, "s_noise")
 
-    def sampler_step(self, sigma, next_sigma, denoiser, x, cond, uc=None) -> tuple[Tensor, Tensor]:
-        "Returns `(x_next, denoised)`; no noise is added when `next_sigma` = 0."
-        sigma, next_sigma = _as_t(sigma, x), _as_t(next_sigma, x)
+    def plan(self, sigmas: Tensor) -> list[SimpleNamespace]:
+        "Per step: σ_i, σ_{i+1}, the Euler step `dt = σ_↓ − σ_i` and the fresh noise's std `s_noise·σ_↑` (`_ancestral`)."
+        sigma, next_sigma = sigmas[:-1], sigmas[1:]
         sigma_down, sigma_up = _ancestral(sigma, next_sigma, self.eta)
-        denoised = self.denoise(x, denoiser, sigma, cond, uc)
-        x = x + (sigma_down - sigma) * _slope(x, sigma, denoised)
-        if float(next_sigma) > 0: x = x + self.s_noise * sigma_up * torch.randn_like(x)
+        return _rows(sigma=sigma, next_sigma=next_sigma, dt=sigma_down - sigma, noise_std=self.s_noise * sigma_up)
+
+    def step(self, p, den, x, old_denoised):
+        "An Euler step to σ_↓, then fresh noise up to σ_{i+1} (none into σ = 0)."
+        denoised = den(x, p.sigma)
+        x = x + p.dt * _slope(x, p.sigma, denoised)
+        if p.next_sigma > 0: x = x + p.noise_std * torch.randn_like(x)
         return x, denoised
 
-    def step(self, i, sigmas, denoiser, x, cond, uc, old_denoised):
-        return self.sampler_step(sigmas[i], sigmas[i + 1], denoiser, x, cond, uc)
+    def sampler_step(self, sigma, next_sigma, denoiser, x, cond, uc=None) -> tuple[Tensor, Tensor]:
+        "One step from `sigma` > 0 to `next_sigma` in [0, σ] (`ValueError` otherwise); returns `(x_next, denoised)`; no noise into σ = 0."
+        _check_step(sigma, next_sigma)
+        return self.step(self.plan(_host_sigmas(x, sigma, next_sigma))[0], self.guided_denoiser(denoiser, cond, uc), x, None)
 
 # %% ../nbs/12_sampling.ipynb #a5c6ced2
 def _lam(sigma: Tensor) -> Tensor: return -sigma.log()  # λ = −ln σ; +inf at σ = 0
 
-def _dpmpp_2m_denoised(denoised: Tensor, old_denoised: Tensor, h: Tensor, h_last: Tensor) -> Tensor:
-    "Second-order extrapolation `(1 + 1/(2r))·D − 1/(2r)·D_old`, r = h_last/h (Lu et al. 2022, Alg. 2). NaN if h = ∞."
+def _dpmpp_2m_denoised(denoised: Tensor, old_denoised: Tensor, h, h_last) -> Tensor:
+    "Second-order extrapolation `(1 + 1/(2r))·D − 1/(2r)·D_old`, r = h_last/h (Lu et al. 2022, Alg. 2). NaN if h = ∞ (tensors)."
     r = h_last / h
     return (1 + 1 / (2 * r)) * denoised - 1 / (2 * r) * old_denoised
+
+def _dpmpp_2m_plan(sigma: Tensor, next_sigma: Tensor, previous_sigma: Tensor) -> list[SimpleNamespace]:
+    "Per step, tensor form then host floats: σ_i, σ_{i+1}, `ratio` σ_{i+1}/σ_i, `em1` = e^{−h} − 1 with h = λ_{i+1} − λ_i, h and h_last = λ_i − λ_{i−1}."
+    h = _lam(next_sigma) - _lam(sigma)
+    return _rows(sigma=sigma, next_sigma=next_sigma, ratio=next_sigma / sigma, em1=torch.expm1(-h), h=h,
+                 h_last=_lam(sigma) - _lam(previous_sigma))
+
+def _dpmpp_2m(x: Tensor, denoised: Tensor, old_denoised: Tensor | None, p: SimpleNamespace) -> Tensor:
+    "The update with the host values `p` of `_dpmpp_2m_plan`; second order only with `old_denoised` and σ_{i+1} > 0."
+    if old_denoised is not None and p.next_sigma > 0: denoised = _dpmpp_2m_denoised(denoised, old_denoised, p.h, p.h_last)
+    return p.ratio * x - p.em1 * denoised
 
 def dpmpp_2m_step(x: Tensor, denoised: Tensor, sigma, next_sigma, old_denoised: Tensor | None = None,
                   previous_sigma=None) -> Tensor:
@@ -298,25 +377,25 @@ def dpmpp_2m_step(x: Tensor, denoised: Tensor, sigma, next_sigma, old_denoised: 
     > 0 and 0 <= `next_sigma` <= `sigma` (finite), or when `old_denoised` comes without `previous_sigma`.
     Source: Lu et al. 2022, DPM-Solver++ Algorithm 2; `sgm/modules/diffusionmodules/sampling.py: DPMPP2MSampler`."""
     _check_step(sigma, next_sigma)
-    return _dpmpp_2m(x, denoised, sigma, next_sigma, old_denoised, previous_sigma)
-
-def _dpmpp_2m(x: Tensor, denoised: Tensor, sigma, next_sigma, old_denoised: Tensor | None, previous_sigma) -> Tensor:
-    sigma, next_sigma = _as_t(sigma, x), _as_t(next_sigma, x)
-    h = _lam(next_sigma) - _lam(sigma)
-    if old_denoised is not None and float(next_sigma) > 0:
-        if previous_sigma is None: raise ValueError("previous_sigma is needed with old_denoised; got previous_sigma=None")
-        denoised = _dpmpp_2m_denoised(denoised, old_denoised, h, _lam(sigma) - _lam(_as_t(previous_sigma, x)))
-    return (next_sigma / sigma) * x - torch.expm1(-h) * denoised
+    if old_denoised is not None and previous_sigma is None: raise ValueError("previous_sigma is needed with old_denoised; got previous_sigma=None")
+    s = _host_sigmas(x, sigma, next_sigma, sigma if previous_sigma is None else previous_sigma)
+    return _dpmpp_2m(x, denoised, old_denoised, _dpmpp_2m_plan(s[:1], s[1:2], s[2:])[0])
 
 class DPMPP2MSampler(BaseDiffusionSampler):
     """DPM-Solver++(2M): multistep second order in λ = −ln σ, one denoiser call per step.
 
     First and last (into σ = 0) steps are first order (bugcase BC11). Parameters: see `BaseDiffusionSampler`.
     Source: `sgm/modules/diffusionmodules/sampling.py: DPMPP2MSampler`; Lu et al. 2022, Algorithm 2."""
+    def plan(self, sigmas: Tensor) -> list[SimpleNamespace]:
+        "`_dpmpp_2m_plan` over the schedule (step 0 has no previous D, so its `h_last` is unused)."
+        return _dpmpp_2m_plan(sigmas[:-1], sigmas[1:], torch.cat([sigmas[:1], sigmas[:-2]]))
+
+    def step(self, p, den, x, old_denoised):
+        "Evaluate D at σ_i, then the update (second order when the previous step's D is given)."
+        denoised = den(x, p.sigma)
+        return _dpmpp_2m(x, denoised, old_denoised, p), denoised
+
     def sampler_step(self, old_denoised, previous_sigma, sigma, next_sigma, denoiser, x, cond, uc=None) -> tuple[Tensor, Tensor]:
         "Returns `(x_next, denoised)`; pass the previous step's `denoised` as `old_denoised` (None on the first step)."
         denoised = self.denoise(x, denoiser, sigma, cond, uc)
-        return _dpmpp_2m(x, denoised, sigma, next_sigma, old_denoised, previous_sigma), denoised
-
-    def step(self, i, sigmas, denoiser, x, cond, uc, old_denoised):
-        return self.sampler_step(old_denoised, sigmas[i - 1] if i > 0 else None, sigmas[i], sigmas[i + 1], denoiser, x, cond, uc)
+        return dpmpp_2m_step(x, denoised, sigma, next_sigma, old_denoised, previous_sigma), denoised
