@@ -1,10 +1,13 @@
 #!/usr/bin/env python
-"""Issue 5, part 6: row (b) of `bench/train_throughput.py` (DiffusionEngine under Lightning's Trainer, bf16-mixed) on
+"""Data-parallel scaling: row (b) of `bench/train_throughput.py` (DiffusionEngine under Lightning's Trainer, bf16-mixed) on
 1 and on N GPUs with Lightning's DDP, the same per-GPU batch (weak scaling). Scaling efficiency = N-GPU img/s over
 1-GPU img/s; target ≥ 1.8× on 2 GPUs.
 
+    bash bench/gpu.sh ddp $OUT             (2 GPUs: 1 and 2 GPUs, eager, then compiled step + CUDA graphs)
+    bash bench/gpu.sh ddp $OUT --devices 2 --static-graph --bucket-view      (one run with these arguments)
     python bench/ddp_scaling.py --devices 2 --out DIR [--model cifar10] [--engine-kw '{"compile_step": true}']
         [--static-graph] [--bucket-view] [--comm-hook bf16] [--bucket-mb 100] [--profile-steps 3]
+    python bench/ddp_scaling.py --smoke --devices 2 --out /tmp/d      (CPU, gloo, tiny U-Net: checks the script runs)
 
 DDP options (Lightning's `DDPStrategy`, passed to torch's DistributedDataParallel): `--static-graph`,
 `--bucket-view` (gradient_as_bucket_view), `--comm-hook bf16|fp16` (all-reduce compressed gradients),

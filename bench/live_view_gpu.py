@@ -1,9 +1,10 @@
 #!/usr/bin/env python
-"""Issue 5, part 3: execute `nbs/18_live_gpu.ipynb` headless on a GPU (nbclient, a real IPython kernel), every cell
+"""The live view's cost during GPU training: execute `nbs/18_live_gpu.ipynb` headless on a GPU (nbclient, a real IPython kernel), every cell
 including the `#| eval: false` GPU cells, and collect what its last cell measured: the live run's view updates and
 the throughput with and without `LiveTrainingView` (see the notebook's section 3).
 
-    FASHION_MNIST_ROOT=/usr/share/datasets/fashion-mnist python bench/live_view_gpu.py --out DIR [--blocks 10] [--block 200] [--warmup 100]
+    bash bench/gpu.sh live $OUT [--blocks 20] [--view-kw '{"min_interval_s": 1}']
+    (inside gpu.sh's environment: FASHION_MNIST_ROOT=/usr/share/datasets/fashion-mnist python bench/live_view_gpu.py --out DIR [--blocks 10] [--block 200] [--warmup 100])
 
 Writes DIR/live_view_gpu.json (the notebook's results) and DIR/18_live_gpu_executed.ipynb; prints a markdown row.
 """

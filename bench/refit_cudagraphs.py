@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Reproduce (or rule out) the failure seen in issue 5's first live-view GPU run: a second `fit` of the same
+"""Reproduce (or rule out) the failure seen in the first live-view GPU run (BENCHMARKS.md, "The live view during GPU training"): a second `fit` of the same
 `DiffusionEngine` with the compiled step replayed as CUDA graphs stopped with "CUDA error: operation failed due to
 a previous error during capture". There the first fit ran in a background thread (`fit_in_background`) and the
 second on the main thread, after Lightning's teardown had moved the engine to the CPU and back.
@@ -13,7 +13,10 @@ Each variant runs in its own process (fresh compiler and CUDA-graph state) with 
   bg-main-nograph  the same with cuda_graphs=False
   bg-main-stay     bg-main, with the engine kept on the GPU between the fits (no CPU round trip)
 
-    python bench/refit_cudagraphs.py --out DIR [--variants bg-main,main-main] [--steps 30]
+GPU:   bash bench/gpu.sh refit $OUT [--variants bg-main,bg-bg,main-main,worker-worker] [--timeout 150]
+       (inside gpu.sh's environment: python bench/refit_cudagraphs.py --out DIR [--variants bg-main,main-main] [--steps 30])
+CPU (no CUDA graphs there, so a check that the script runs): python bench/refit_cudagraphs.py --out /tmp/r --variants bg-main --steps 3
+Writes DIR/refit_cudagraphs.json (after each variant) and prints one line per variant.
 """
 import argparse, json, subprocess, sys, time, traceback
 from concurrent.futures import ThreadPoolExecutor
@@ -62,7 +65,7 @@ def child(variant: str, steps: int) -> dict:
         except Exception as e:
             out["error"] = f"fit {i + 1}: {type(e).__name__}: {e}"[:400]; out["traceback"] = traceback.format_exc()[-2000:]; break
     out["ok"] = "error" not in out
-    out["graphs_last_fit"] = engine._compiled_graphs   # False: the engine compiled that fit without CUDA graphs
+    out["graphs_last_fit"] = getattr(engine.compiled_step, "graphs", False)   # False: the engine compiled that fit without CUDA graphs
     return out
 
 

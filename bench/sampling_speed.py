@@ -1,13 +1,15 @@
 #!/usr/bin/env python
-"""Generation speed (issue 5, part 5): Heun with 18 steps (35 network evaluations) on 256 samples of the
+"""Generation speed: Heun with 18 steps (35 network evaluations) on 256 samples of the
 Fashion-MNIST model (`configs/fashion_mnist.yaml`; speed does not depend on the weights, so the model is freshly
 initialised unless `--ckpt` is given), with and without CFG, for each way of running the network:
   eager-fp32, eager-bf16 (autocast), compile-bf16 (`torch.compile` of the network), graphs-bf16
   (`torch.compile(mode="reduce-overhead")`: CUDA graphs).
 One warm-up call (compilation included, reported), then the mean of `--reps` calls.
 
-    python bench/sampling_speed.py --out DIR [--ckpt RUN/checkpoints/last.ckpt] [--variants eager-bf16,graphs-bf16]
-    python bench/sampling_speed.py --smoke --out /tmp/s      # CPU, tiny network: checks the script runs
+GPU: bash bench/gpu.sh sampling $OUT     (eager-bf16 and graphs-bf16, 256 samples; then bench/grad_accumulation.py)
+     (inside gpu.sh's environment: python bench/sampling_speed.py --out DIR [--ckpt RUN/checkpoints/last.ckpt] [--variants eager-bf16,graphs-bf16])
+     python bench/sampling_speed.py --smoke --out /tmp/s      # CPU, tiny network: checks the script runs
+Writes DIR/sampling_speed.json (one row per variant and guidance) and prints each row.
 """
 import argparse, contextlib, json, sys, time
 from pathlib import Path

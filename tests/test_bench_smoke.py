@@ -13,11 +13,39 @@ def run(*args, timeout=600):
 
 
 def test_train_throughput_smoke(tmp_path):
-    run("bench/train_throughput.py", "--smoke", "--out", str(tmp_path), "--models", "cifar10", "--rows", "a-bf16,b-bf16")
+    "Two rows, then an interleaved pair: the hand-written step compiled (aot_eager on the CPU) against the engine, and both profiled."
+    run("bench/train_throughput.py", "--smoke", "--out", str(tmp_path), "--models", "cifar10", "--rows", "a-bf16,b-bf16,pair-fastest")
     res = json.loads((tmp_path / "results.json").read_text())
-    assert [r["row"] for r in res["results"]] == ["a-bf16", "b-bf16"]
-    assert all(r["img_s"] > 0 and r["ms_step"] > 0 for r in res["results"])
-    assert "b-bf16/a-bf16" in (tmp_path / "results.md").read_text()
+    assert [r["row"] for r in res["results"]] == ["a-bf16", "b-bf16", "pair-fastest"], res["results"]
+    assert all(r["img_s"] > 0 and r["ms_step"] > 0 for r in res["results"][:2])
+    pair = res["results"][2]
+    assert (pair["hand"]["row"], pair["engine"]["row"], pair["batch"]) == ("a-fastest", "c-big-batch", 8)
+    assert len(pair["pairs"]) == 3 and all(p["ratio"] > 0 for p in pair["pairs"])
+    assert pair["median_ratio"] == sorted(p["ratio"] for p in pair["pairs"])[1] and pair["target"] == 0.98
+    md = (tmp_path / "results.md").read_text()
+    assert "b-bf16/a-bf16" in md and "| pair-fastest | a-fastest:" in md
+    assert "c-big-batch (engine)" in (tmp_path / "profile.txt").read_text() and "a-fastest (hand-written)" in (tmp_path / "profile.txt").read_text()
+
+
+def test_grad_accumulation_smoke(tmp_path):
+    "accumulate_grad_batches=2: every optimizer step taken, one EMA update each, a finite loss."
+    run("bench/grad_accumulation.py", "--smoke", "--out", str(tmp_path))
+    res = json.loads((tmp_path / "grad_accumulation.json").read_text())
+    assert res["ok"] and res["global_step"] == res["ema_updates"] == 4 and res["accumulate_grad_batches"] == 2, res
+
+
+def test_cpu_step_time_smoke(tmp_path):
+    "One run of this tree (the --compare mode runs the same child on a worktree of another commit)."
+    run("bench/cpu_step_time.py", "--out", str(tmp_path), "--steps", "2", "--warmup", "1")
+    r = json.loads((tmp_path / "cpu_step_time.json").read_text())["run"]
+    assert "error" not in r and r["wall_s_per_step"] > 0 and r["steps"] == 2, r
+    assert Path(r["diffexplore"]).resolve().is_relative_to(ROOT)
+
+
+def test_gpu_sh_refuses_unknown_task(tmp_path):
+    p = subprocess.run(["bash", "bench/gpu.sh", "nope", str(tmp_path / "o")], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert p.returncode == 2 and "unknown task: nope" in p.stderr and "cifar10 latent sampling" in p.stderr
+    assert not (tmp_path / "o").exists()
 
 
 def test_ddp_scaling_smoke_two_processes(tmp_path):
