@@ -11,7 +11,8 @@ one backward). Reported: whether `fit` raised (and the error), `trainer.global_s
 compiled step replayed CUDA graphs, the wall time of the fit.
 
 GPU:   bash bench/gpu.sh accumulation $OUT     (also the second half of `bash bench/gpu.sh sampling $OUT`)
-       (inside gpu.sh's environment: python bench/grad_accumulation.py --out DIR [--steps 40] [--accumulate 2])
+       (inside gpu.sh's environment: python bench/grad_accumulation.py --out DIR [--steps 40] [--accumulate 2]
+        [--precision bf16-true]: the same check for Lightning's true-bf16 mode)
 Smoke: python bench/grad_accumulation.py --smoke --out /tmp/acc     (CPU, 8×8 images, batch 8, 4 steps)
 Writes DIR/grad_accumulation.json and prints it; exits 1 when a check failed (it raised, step or EMA count off,
 loss not finite).
@@ -33,7 +34,7 @@ def loader(n, size, batch):
     return torch.utils.data.DataLoader(data, batch_size=batch, shuffle=True, drop_last=True)
 
 
-def run(steps: int, accumulate: int, size: int, batch: int, cuda: bool) -> dict:
+def run(steps: int, accumulate: int, size: int, batch: int, cuda: bool, precision: str | None = None) -> dict:
     "Fit on the GPU (`cuda`) or the CPU and report (see the module docstring); never raises for a failed fit."
     pl.seed_everything(0, verbose=False)
     engine = make_engine(build_unet("tiny", in_channels=3, sample_size=size))   # switches left None: the defaults
@@ -42,7 +43,7 @@ def run(steps: int, accumulate: int, size: int, batch: int, cuda: bool) -> dict:
         def on_train_batch_end(self, trainer, m, *a): seen.update(engine_state(m))
     trainer = pl.Trainer(**fast_gpu_settings(dict(accelerator="gpu" if cuda else "cpu", devices=1, max_steps=steps, accumulate_grad_batches=accumulate,
                                                   logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                                                  callbacks=[State()]), cuda=cuda))
+                                                  callbacks=[State()], **({"precision": precision} if precision else {})), cuda=cuda))
     out = dict(steps=steps, accumulate_grad_batches=accumulate, batch=batch, image_size=size, cuda=cuda,
                precision=str(trainer.precision))
     t = time.perf_counter()
@@ -63,11 +64,12 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True); ap.add_argument("--steps", type=int, default=40, help="optimizer steps")
     ap.add_argument("--accumulate", type=int, default=2, help="accumulate_grad_batches")
+    ap.add_argument("--precision", default=None, help="Lightning precision (default: fast_gpu_settings' bf16-mixed on the GPU), e.g. bf16-true")
     ap.add_argument("--smoke", action="store_true", help="CPU, 8×8 images, batch 8, 4 steps (overrides --steps)")
     args = ap.parse_args(argv)
     if args.steps < 1 or args.accumulate < 1: ap.error(f"--steps and --accumulate must be >= 1; got {args.steps}, {args.accumulate}")
     cuda = torch.cuda.is_available() and not args.smoke
-    res = run(4 if args.smoke else args.steps, args.accumulate, 8 if args.smoke else 32, 8 if args.smoke else 64, cuda)
+    res = run(4 if args.smoke else args.steps, args.accumulate, 8 if args.smoke else 32, 8 if args.smoke else 64, cuda, args.precision)
     res.update(date=time.strftime("%Y-%m-%d"), device=torch.cuda.get_device_name() if cuda else "cpu",
                torch=torch.__version__, command="python bench/grad_accumulation.py " + " ".join(sys.argv[1:] if argv is None else argv))
     out = Path(args.out); out.mkdir(parents=True, exist_ok=True)
