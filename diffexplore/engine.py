@@ -55,37 +55,43 @@ class LitEma(nn.Module):
         if self._n is None or self.num_updates.device.type == "cpu": self._n = int(self.num_updates)
         return self._n
 
-    def _apply(self, fn, recurse=True):
-        "Device moves follow the module; dtype casts do not: the shadows stay float32 under `.half()` or Lightning's `bf16-true` (a 1e-4 step of the average is below bf16's resolution)."
-        for k, b in self._buffers.items():
-            if b is not None: moved = fn(b); self._buffers[k] = moved if moved.dtype == b.dtype else b.to(moved.device)
-        return self
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        self._n = None
-        return super()._load_from_state_dict(*args, **kwargs)
-
     @torch.no_grad()
     def forward(self, model: nn.Module):
         d, n = self.current_decay(), self._count()
         self.num_updates += 1; self._n = n + 1
         torch._foreach_lerp_(self.shadows(), [p.detach().float() for p in self._params(model)], 1.0 - d)
 
-    @torch.no_grad()
-    def copy_to(self, model: nn.Module):
-        for s, p in zip(self.shadows(), self._params(model)): p.copy_(s)
-
-    @contextmanager
-    def scope(self, model: nn.Module):
-        "Use the EMA weights inside the block; the raw weights are restored on exit, also on exceptions."
-        stored = [p.detach().clone() for p in self._params(model)]
-        self.copy_to(model)
-        try: yield model
-        finally:
-            with torch.no_grad():
-                for p, s in zip(self._params(model), stored): p.copy_(s)
-
     def extra_repr(self): return f"decay={self.decay}, num_updates={int(self.num_updates)}, params={len(self._names)}"
+
+# %% ../nbs/11_engine.ipynb #c513975b
+@patch
+@torch.no_grad()
+def copy_to(self: LitEma, model: nn.Module):
+    for s, p in zip(self.shadows(), self._params(model)): p.copy_(s)
+
+@patch
+@contextmanager
+def scope(self: LitEma, model: nn.Module):
+    "Use the EMA weights inside the block; the raw weights are restored on exit, also on exceptions."
+    stored = [p.detach().clone() for p in self._params(model)]
+    self.copy_to(model)
+    try: yield model
+    finally:
+        with torch.no_grad():
+            for p, s in zip(self._params(model), stored): p.copy_(s)
+
+@patch
+def _apply(self: LitEma, fn, recurse=True):
+    "Device moves follow the module; dtype casts do not: the shadows stay float32 under `.half()` or Lightning's `bf16-true` (a 1e-4 step of the average is below bf16's resolution)."
+    for k, b in self._buffers.items():
+        if b is not None: moved = fn(b); self._buffers[k] = moved if moved.dtype == b.dtype else b.to(moved.device)
+    return self
+
+@patch
+def _load_from_state_dict(self: LitEma, *args, **kwargs):
+    "Loading resets the host copy of the update count (read again from the loaded buffer)."
+    self._n = None
+    return nn.Module._load_from_state_dict(self, *args, **kwargs)
 
 # %% ../nbs/11_engine.ipynb #4554d0e5
 DEFAULT_SIGMA_EDGES = (0.01, 0.1, 1.0, 10.0)

@@ -177,36 +177,40 @@ class BaseDiffusionSampler(Repr):
             raise ValueError(f"num_steps={num_steps} disagrees with the {len(sigmas) - 1} steps of the given sigmas")
         return sigmas
 
-    def prepare_sampling_loop(self, x, cond, uc=None, num_steps=None, sigmas=None, scale_initial_noise=True):
-        "Check inputs; return `(x scaled to σ_0, sigmas, cond, uc)`: x in float32 (float64 kept), σ on the CPU in x's dtype."
-        x = _check_x(x)
-        dtype = _sigma_dtype(x)
-        sigmas, x = self.get_sigmas(num_steps, sigmas, dtype), x.to(dtype)
-        if scale_initial_noise: x = x * self.init_noise_scale(sigmas[0])
-        cond = {} if cond is None else dict(cond)
-        return x, sigmas, cond, cond if uc is None else dict(uc)
+# %% ../nbs/12_sampling.ipynb #844574d8
+@patch
+def prepare_sampling_loop(self: BaseDiffusionSampler, x, cond, uc=None, num_steps=None, sigmas=None, scale_initial_noise=True):
+    "Check inputs; return `(x scaled to σ_0, sigmas, cond, uc)`: x in float32 (float64 kept), σ on the CPU in x's dtype."
+    x = _check_x(x)
+    dtype = _sigma_dtype(x)
+    sigmas, x = self.get_sigmas(num_steps, sigmas, dtype), x.to(dtype)
+    if scale_initial_noise: x = x * self.init_noise_scale(sigmas[0])
+    cond = {} if cond is None else dict(cond)
+    return x, sigmas, cond, cond if uc is None else dict(uc)
 
-    def get_sigma_gen(self, num_sigmas: int):
-        "Step indices `0 … num_sigmas − 2`, wrapped in a tqdm progress bar when `verbose`."
-        return tqdm(range(num_sigmas - 1), desc=f"Sampling with {type(self).__name__} for {num_sigmas - 1} steps",
-                    disable=not self.verbose)
+@patch
+def get_sigma_gen(self: BaseDiffusionSampler, num_sigmas: int):
+    "Step indices `0 … num_sigmas − 2`, wrapped in a tqdm progress bar when `verbose`."
+    return tqdm(range(num_sigmas - 1), desc=f"Sampling with {type(self).__name__} for {num_sigmas - 1} steps",
+                disable=not self.verbose)
 
-    def __call__(self, denoiser: Callable, # `denoiser(input [B, ...], sigma [B], cond) -> D [B, ...]`
-                 x: Tensor, # unit noise `[B, ...]`, finite (or already noised with `scale_initial_noise=False`)
-                 cond: Mapping | None, # conditioning dict for the denoiser (e.g. `{"vector": [B, D]}`)
-                 uc: Mapping | None = None, # unconditional conditioning for CFG (default: `cond`)
-                 num_steps: int | None = None, # overrides the constructor's `num_steps`
-                 sigmas=None, # explicit descending σ schedule `[N+1]` ending in 0 (instead of the discretization)
-                 *, scale_initial_noise: bool = True, # multiply `x` by `init_noise_scale(sigmas[0])` first
-                 callback: Callable | None = None, # called after each step with `dict(i, sigma, next_sigma, x, denoised)`
-                ) -> Tensor: # samples, shaped like `x` (float32, or float64 for float64 input)
-        "Run the sampler from `sigmas[0]` down to 0 and return the samples. Reads nothing back from `x`'s device per step."
-        x, sigmas, cond, uc = self.prepare_sampling_loop(x, cond, uc, num_steps, sigmas, scale_initial_noise)
-        plan, den, denoised = self.plan(sigmas), self.guided_denoiser(denoiser, cond, uc), None
-        for i in self.get_sigma_gen(len(sigmas)):
-            x, denoised = self.step(plan[i], den, x, denoised)
-            if callback is not None: callback(dict(i=i, sigma=sigmas[i], next_sigma=sigmas[i + 1], x=x, denoised=denoised))
-        return x
+@patch
+def __call__(self: BaseDiffusionSampler, denoiser: Callable, # `denoiser(input [B, ...], sigma [B], cond) -> D [B, ...]`
+             x: Tensor, # unit noise `[B, ...]`, finite (or already noised with `scale_initial_noise=False`)
+             cond: Mapping | None, # conditioning dict for the denoiser (e.g. `{"vector": [B, D]}`)
+             uc: Mapping | None = None, # unconditional conditioning for CFG (default: `cond`)
+             num_steps: int | None = None, # overrides the constructor's `num_steps`
+             sigmas=None, # explicit descending σ schedule `[N+1]` ending in 0 (instead of the discretization)
+             *, scale_initial_noise: bool = True, # multiply `x` by `init_noise_scale(sigmas[0])` first
+             callback: Callable | None = None, # called after each step with `dict(i, sigma, next_sigma, x, denoised)`
+            ) -> Tensor: # samples, shaped like `x` (float32, or float64 for float64 input)
+    "Run the sampler from `sigmas[0]` down to 0 and return the samples. Reads nothing back from `x`'s device per step."
+    x, sigmas, cond, uc = self.prepare_sampling_loop(x, cond, uc, num_steps, sigmas, scale_initial_noise)
+    plan, den, denoised = self.plan(sigmas), self.guided_denoiser(denoiser, cond, uc), None
+    for i in self.get_sigma_gen(len(sigmas)):
+        x, denoised = self.step(plan[i], den, x, denoised)
+        if callback is not None: callback(dict(i=i, sigma=sigmas[i], next_sigma=sigmas[i + 1], x=x, denoised=denoised))
+    return x
 
 # %% ../nbs/12_sampling.ipynb #9c4e2b71
 @patch
