@@ -54,8 +54,20 @@ def check(component, # a scaling, weighting or denoiser: diffexplore's, or any s
 def unchecked(component):
     """`component`'s formula without its σ checks, for σ that `check` passed: its `unchecked` method where it has
     one (diffexplore's scalings, weightings, denoisers), else the component itself (a user's own callable, run as
-    it is). Reads nothing back from the device, so a compiled step or a sampler loop never waits on it."""
-    return getattr(component, "unchecked", component)
+    it is). A subclass that overrides the call (`__call__`, or `forward` of a module) below the class that wrote
+    `unchecked` is also run as it is: its override wins, checks and all. Reads nothing back from the device, so a
+    compiled step or a sampler loop never waits on it."""
+    f = getattr(component, "unchecked", None)
+    return component if f is None or _call_overridden(type(component), "unchecked") else f
+
+def _defined_in(cls: type, name: str):
+    "The first class in `cls`'s MRO that defines `name` (None if none does)."
+    return next((c for c in cls.__mro__ if name in vars(c)), None)
+
+def _call_overridden(cls: type, method: str, calls=("__call__", "forward")) -> bool:
+    "Whether a class below the one that defines `method` overrides one of `calls` (then `method` does not speak for it)."
+    m = _defined_in(cls, method)
+    return any(o is not None and o is not m and issubclass(o, m) for o in (_defined_in(cls, c) for c in calls))
 
 # %% ../nbs/00_core.ipynb #851ed7a1
 def check_positive(value: float, # the parameter's value

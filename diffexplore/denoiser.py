@@ -50,11 +50,12 @@ class Denoiser(nn.Module):
         return self.unchecked(network, input, self.check(sigma, input.shape[0]).to(input.device), cond, **kwargs)
 
     def check(self, sigma, n: int | None = None) -> Tensor:
-        "σ as a float tensor `[n]`, checked as the scaling checks it; `ValueError` naming the bad shape or value."
+        "σ as a float tensor `[n]`, checked as the scaling checks it (after quantization); `ValueError` naming the bad shape or value."
         sigma = as_sigma(sigma)
         if sigma.ndim != 1 or (n is not None and sigma.shape[0] != n):
             raise ValueError(f"sigma must have shape [B] = [{n if n is not None else 'B'}], one per sample; got sigma of shape {tuple(sigma.shape)}")
-        return check(self.scaling, sigma)
+        check(self.scaling, self.possibly_quantize_sigma(sigma))   # the σ the scaling will see
+        return sigma
 
     def unchecked(self, network, input: Tensor, sigma: Tensor, cond: dict, **kwargs) -> Tensor:
         "`forward` for σ `[B]` on input's device that `check` passed: reads nothing back from the device."
@@ -159,12 +160,14 @@ class DiscreteDenoiser(Denoiser):
                              f"{scaling!r} has another c_noise. Use quantize_c_noise=False or an Eps/V scaling.")
         self.num_idx, self.discretization, self.quantize_c_noise = int(num_idx), discretization, quantize_c_noise
         self.register_buffer("sigmas", discretization(self.num_idx, do_append_zero=do_append_zero, flip=flip))
+        self._host_sigmas = self.sigmas.clone()   # for σ checked on the host while the table sits on the GPU
 
     def sigma_to_idx(self, sigma: Tensor) -> Tensor:
-        "Index (int64, shaped like `sigma`) of the nearest table σ."
-        return (sigma.reshape(1, -1) - self.sigmas.to(sigma.dtype)[:, None]).abs().argmin(dim=0).view(sigma.shape)
+        "Index (int64, shaped like `sigma`, on its device) of the nearest table σ."
+        table = self.sigmas if self.sigmas.device == sigma.device else self._host_sigmas.to(sigma.device)
+        return (sigma.reshape(1, -1) - table.to(sigma.dtype)[:, None]).abs().argmin(dim=0).view(sigma.shape)
 
-    def idx_to_sigma(self, idx: Tensor) -> Tensor: return self.sigmas[idx]
+    def idx_to_sigma(self, idx: Tensor) -> Tensor: return (self.sigmas if self.sigmas.device == idx.device else self._host_sigmas.to(idx.device))[idx]
     def possibly_quantize_sigma(self, sigma): return self.idx_to_sigma(self.sigma_to_idx(sigma)).to(sigma.dtype)
     def possibly_quantize_c_noise(self, c_noise): return self.sigma_to_idx(c_noise) if self.quantize_c_noise else c_noise
     def extra_repr(self): return f"scaling={self.scaling!r}, num_idx={self.num_idx}, discretization={self.discretization!r}, quantize_c_noise={self.quantize_c_noise}"

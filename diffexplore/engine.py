@@ -11,7 +11,7 @@ import torch
 from torch import nn, Tensor
 import lightning.pytorch as pl
 from fastcore.basics import patch
-from .core import Repr, unchecked
+from .core import Repr, unchecked, _call_overridden
 
 # %% auto #0
 __all__ = ['DEFAULT_SIGMA_EDGES', 'FAST_SWITCHES', 'ema_decay', 'LitEma', 'sigma_bucket_names', 'loss_per_sigma_bucket',
@@ -201,13 +201,20 @@ class DiffusionEngine(pl.LightningModule):
         return {**super().__getstate__(), "compiled_step": None}
 
 # %% ../nbs/11_engine.ipynb #af5e2d30
-def _splits(loss_fn) -> bool: return hasattr(loss_fn, "prepare") and hasattr(loss_fn, "loss")
+def _splits(loss_fn) -> bool:
+    "Run `loss_fn` as `prepare` + `loss`? Only where it has both and no subclass overrides its call or `loss_and_sigmas` below them."
+    return hasattr(loss_fn, "prepare") and hasattr(loss_fn, "loss") and \
+        not any(_call_overridden(type(loss_fn), m, ("__call__", "loss_and_sigmas")) for m in ("prepare", "loss"))
 
 @patch
 def forward(self: DiffusionEngine, z: Tensor, batch: dict) -> tuple[Tensor, Tensor | None]:
     "sgm's `forward`: `(loss [B] float32, σ [B] or None)` of `loss_fn` on the (latent) images `z` `[B, ...]`."
-    if not _splits(self.loss_fn): return self.loss_fn(self.model, self.denoiser, self.conditioner, z, batch), None
-    sigmas, cond, extra = self.loss_fn.prepare(self.denoiser, self.conditioner, z, batch)
+    lf = self.loss_fn
+    if not _splits(lf):   # anyone's loss: its own `loss_and_sigmas` (σ logged) or sgm's call
+        if hasattr(lf, "loss_and_sigmas") and not _call_overridden(type(lf), "loss_and_sigmas", ("__call__",)):
+            return lf.loss_and_sigmas(self.model, self.denoiser, self.conditioner, z, batch)
+        return lf(self.model, self.denoiser, self.conditioner, z, batch), None
+    sigmas, cond, extra = lf.prepare(self.denoiser, self.conditioner, z, batch)
     if self._on("channels_last") and z.ndim == 4: z = z.contiguous(memory_format=torch.channels_last)
     return (self.compiled_step or self._loss)(z, sigmas, cond, extra), sigmas
 
@@ -392,7 +399,9 @@ def sample(self: DiffusionEngine, cond: dict, uc: dict = None, batch_size: int =
            generator: torch.Generator = None, **kwargs) -> Tensor:
     """Generate `batch_size` samples in diffusion space, `[batch_size, *shape]` (float32), from unit noise.
 
-    `cond`/`uc`: conditioning dicts (uc is used by a CFG guider). Uses the EMA network when `use_ema`.
+    `cond`/`uc`: conditioning dicts (uc is used by a CFG guider). Uses the EMA network when `use_ema`. A sampler
+    that checks its σ schedule itself (`checks_sigmas`, as diffexplore's do) gets the denoiser's `unchecked` form;
+    any other sampler the checked denoiser.
     Raises `ValueError` without a sampler or a known shape. Source: `sgm/models/diffusion.py: sample`."""
     if self.sampler is None: raise ValueError("sampler is None: pass sampler= (e.g. EulerEDMSampler) to sample")
     shape = tuple(shape or self.sample_shape or ())
@@ -401,7 +410,8 @@ def sample(self: DiffusionEngine, cond: dict, uc: dict = None, batch_size: int =
     was_training = self.training; self.eval()
     try:
         with self.ema_scope(use_ema):
-            denoise = lambda input, sigma, c: unchecked(self.denoiser)(self.model, input, sigma, c, **kwargs)
+            den = unchecked(self.denoiser) if getattr(self.sampler, "checks_sigmas", False) else self.denoiser
+            denoise = lambda input, sigma, c: den(self.model, input, sigma, c, **kwargs)
             return self.sampler(denoise, randn, cond, uc=uc)
     finally: self.train(was_training)
 

@@ -4,7 +4,7 @@
 
 # %% ../nbs/12_sampling.ipynb #82be1313
 from __future__ import annotations
-import math
+import inspect, math
 from types import SimpleNamespace
 from typing import Callable, Mapping
 
@@ -13,8 +13,8 @@ from fastcore.basics import patch
 from torch import Tensor
 from tqdm import tqdm
 
-from .core import Repr, append_dims, as_sigma, check_positive
-from .discretizer import EDMDiscretization
+from .core import Repr, append_dims, as_sigma, check_positive, _call_overridden, _defined_in
+from .discretizer import Discretization, EDMDiscretization
 
 # %% auto #0
 __all__ = ['GaussianDenoiser', 'Guider', 'IdentityGuider', 'VanillaCFG', 'to_d', 'BaseDiffusionSampler', 'EDMSampler',
@@ -154,6 +154,8 @@ class BaseDiffusionSampler(Repr):
     (the loop decides on host values) and the denoiser gets σ on `x`'s device.
     `init_sigma_data` >= 0: unit noise is scaled by `sqrt(init_sigma_data² + σ_0²)` (1.0 = sgm, 0 = EDM paper; BC09).
     Raises `ValueError`/`TypeError` naming the bad parameter. Source: `sgm/modules/diffusionmodules/sampling.py: BaseDiffusionSampler`."""
+    checks_sigmas = True   # the loop checks its σ schedule once: `DiffusionEngine.sample` passes the unchecked denoiser
+
     def __init__(self, discretization=None, num_steps: int | None = None, guider=None, verbose: bool = False,
                  device=None, init_sigma_data: float = 1.0):
         self.discretization = EDMDiscretization() if discretization is None else discretization
@@ -167,15 +169,23 @@ class BaseDiffusionSampler(Repr):
         sigma_0 = as_sigma(sigma_0, "sigma_0")
         return torch.hypot(sigma_0, torch.full_like(sigma_0, self.init_sigma_data))
 
-    def get_sigmas(self, num_steps: int | None = None, sigmas=None, dtype: torch.dtype = torch.float32) -> Tensor:
-        "The checked CPU schedule `[num_steps + 1]` in `dtype`: `sigmas` if given, else `discretization(num_steps or self.num_steps)`."
+    def get_sigmas(self, num_steps: int | None = None, sigmas=None, device=None, dtype: torch.dtype = torch.float32) -> Tensor:
+        """The schedule `[num_steps + 1]` in `dtype`, built and checked on the CPU (then moved to `device`, if given):
+        `sigmas` if given, else `discretization(num_steps or self.num_steps)`."""
         if sigmas is None:
             n = _check_num_steps(self.num_steps if num_steps is None else num_steps)
-            return _check_sigmas(self.discretization(n, device="cpu", dtype=dtype))
-        sigmas = _check_sigmas(torch.as_tensor(sigmas, dtype=dtype, device="cpu"))
-        if num_steps is not None and _check_num_steps(num_steps) != len(sigmas) - 1:
-            raise ValueError(f"num_steps={num_steps} disagrees with the {len(sigmas) - 1} steps of the given sigmas")
-        return sigmas
+            s = _check_sigmas(_discretize(self.discretization, n, dtype))
+        else:
+            s = _check_sigmas(torch.as_tensor(sigmas, dtype=dtype, device="cpu"))
+            if num_steps is not None and _check_num_steps(num_steps) != len(s) - 1:
+                raise ValueError(f"num_steps={num_steps} disagrees with the {len(s) - 1} steps of the given sigmas")
+        return s if device is None else s.to(device)
+
+def _discretize(disc, n: int, dtype: torch.dtype) -> Tensor:
+    """`disc(n)` on the CPU in `dtype`: diffexplore's `Discretization`s compute in float64 and cast; any other
+    (sgm's call `disc(n, device=...)`) is called without `dtype` and its σ cast (float64 gets its float32 values)."""
+    if isinstance(disc, Discretization): return disc(n, device="cpu", dtype=dtype)
+    return torch.as_tensor(disc(n, device="cpu")).to("cpu", dtype)
 
 # %% ../nbs/12_sampling.ipynb #844574d8
 @patch
@@ -183,7 +193,7 @@ def prepare_sampling_loop(self: BaseDiffusionSampler, x, cond, uc=None, num_step
     "Check inputs; return `(x scaled to σ_0, sigmas, cond, uc)`: x in float32 (float64 kept), σ on the CPU in x's dtype."
     x = _check_x(x)
     dtype = _sigma_dtype(x)
-    sigmas, x = self.get_sigmas(num_steps, sigmas, dtype), x.to(dtype)
+    sigmas, x = self.get_sigmas(num_steps, sigmas, dtype=dtype), x.to(dtype)
     if scale_initial_noise: x = x * self.init_noise_scale(sigmas[0])
     cond = {} if cond is None else dict(cond)
     return x, sigmas, cond, cond if uc is None else dict(uc)
@@ -205,6 +215,7 @@ def __call__(self: BaseDiffusionSampler, denoiser: Callable, # `denoiser(input [
              callback: Callable | None = None, # called after each step with `dict(i, sigma, next_sigma, x, denoised)`
             ) -> Tensor: # samples, shaped like `x` (float32, or float64 for float64 input)
     "Run the sampler from `sigmas[0]` down to 0 and return the samples. Reads nothing back from `x`'s device per step."
+    _refuse_sgm_step_hooks(type(self))
     x, sigmas, cond, uc = self.prepare_sampling_loop(x, cond, uc, num_steps, sigmas, scale_initial_noise)
     plan, den, denoised = self.plan(sigmas), self.guided_denoiser(denoiser, cond, uc), None
     for i in self.get_sigma_gen(len(sigmas)):
@@ -212,15 +223,29 @@ def __call__(self: BaseDiffusionSampler, denoiser: Callable, # `denoiser(input [
         if callback is not None: callback(dict(i=i, sigma=sigmas[i], next_sigma=sigmas[i + 1], x=x, denoised=denoised))
     return x
 
+def _refuse_sgm_step_hooks(cls: type):
+    """`TypeError` for a subclass that overrides sgm's per-step hooks (`sampler_step`, `denoise`, or
+    `possible_correction_step` with sgm's `cond, uc` arguments) below the class that wrote `step`: the loop calls
+    `step`, so it would silently ignore them."""
+    base = _defined_in(cls, "step")
+    for name in ("sampler_step", "denoise", "possible_correction_step"):
+        owner = _defined_in(cls, name)
+        if owner is None or owner is base or not issubclass(owner, base): continue
+        if name == "possible_correction_step" and "cond" not in inspect.signature(getattr(cls, name)).parameters: continue
+        raise TypeError(f"{cls.__name__} overrides {name}, which diffexplore's sampling loop does not call: it plans each step "
+                        f"on the host once and runs step(p, den, x, old_denoised); override plan/step instead")
+
+
 # %% ../nbs/12_sampling.ipynb #9c4e2b71
 @patch
 def guided_denoiser(self: BaseDiffusionSampler, denoiser: Callable, cond: Mapping, uc: Mapping | None = None) -> Callable:
     """`den(x [B, ...], sigma: float) -> D_guided [B, ...]`, unchecked: σ reaches `denoiser` as a `[B]` tensor made on
     x's device from the host float (`x.new_full`, no read back). The guider's `prepare_cond(cond, uc)` runs here, once
-    (`uc` defaults to `cond`); a guider with only sgm's `prepare_inputs(x, s, c, uc)` has it called at every evaluation.
+    (`uc` defaults to `cond`); a guider with only sgm's `prepare_inputs(x, s, c, uc)`, or a subclass overriding it, has
+    it called at every evaluation.
     `den` raises `ValueError` if D's shape is not x's."""
     g, uc = self.guider, cond if uc is None else uc
-    if hasattr(g, "prepare_cond") and hasattr(g, "prepare_x"):
+    if hasattr(g, "prepare_cond") and hasattr(g, "prepare_x") and not _call_overridden(type(g), "prepare_cond", ("prepare_inputs",)):
         c_in = g.prepare_cond(cond, uc)
         inputs = lambda x, s: (*g.prepare_x(x, s), c_in)
     else: inputs = lambda x, s: g.prepare_inputs(x, s, cond, uc)
@@ -263,9 +288,9 @@ class EDMSampler(BaseDiffusionSampler):
         if self.s_tmax < self.s_tmin: raise ValueError(f"s_tmax must be >= s_tmin={s_tmin}; got s_tmax={s_tmax}")
 
     def gammas(self, sigma: Tensor, num_steps: int) -> Tensor:
-        "γ_i = min(s_churn/num_steps, √2 − 1) where s_tmin <= σ_i <= s_tmax, else 0 (Algorithm 2, line 4); shaped and typed like `sigma`."
+        "γ_i = min(s_churn/num_steps, √2 − 1) where s_tmin <= σ_i <= s_tmax, else 0 (Algorithm 2, line 4); shaped like `sigma`, float64."
         window = (self.s_tmin <= sigma) & (sigma <= self.s_tmax)
-        return window.to(sigma.dtype) * min(self.s_churn / num_steps, 2**0.5 - 1)
+        return window.to(torch.float64) * min(self.s_churn / num_steps, 2**0.5 - 1)
 
     def gamma(self, sigma, num_steps: int) -> float:
         "`gammas` of one σ (a number or 0-d tensor), as a float."
@@ -273,7 +298,7 @@ class EDMSampler(BaseDiffusionSampler):
 
     def churn(self, sigma: Tensor, next_sigma: Tensor, gamma: Tensor) -> dict[str, Tensor]:
         "Algorithm 2, lines 5–7, tensor form: σ̂ = σ(1 + γ), the churn noise's std `s_noise·sqrt(σ̂² − σ²)` and `dt = σ_{i+1} − σ̂`."
-        sigma_hat = sigma * (gamma + 1)
+        sigma_hat = sigma * (gamma + 1).to(sigma.dtype)   # (1 + γ) rounded to σ's dtype first, as sgm's σ·(γ + 1.0)
         return dict(gamma=gamma, sigma_hat=sigma_hat, noise_std=self.s_noise * (sigma_hat**2 - sigma**2).sqrt(),
                     next_sigma=next_sigma, dt=next_sigma - sigma_hat)
 
@@ -293,7 +318,7 @@ class EDMSampler(BaseDiffusionSampler):
         "One step from `sigma` > 0 to `next_sigma` in [0, σ] with churn `gamma` >= 0 (`ValueError` otherwise). Returns `(x_next, denoised)`."
         _check_step(sigma, next_sigma)
         s = _host_sigmas(x, sigma, next_sigma)
-        p = _rows(**self.churn(s[:1], s[1:], torch.full_like(s[:1], _check_nonneg(gamma, "gamma"))))[0]
+        p = _rows(**self.churn(s[:1], s[1:], torch.full_like(s[:1], _check_nonneg(gamma, "gamma"), dtype=torch.float64)))[0]
         return self.step(p, self.guided_denoiser(denoiser, cond, uc), x, None)
 
     def possible_correction_step(self, euler_step, x, d, dt: float, next_sigma: float, den) -> Tensor: return euler_step
@@ -356,20 +381,26 @@ class EulerAncestralSampler(BaseDiffusionSampler):
 # %% ../nbs/12_sampling.ipynb #a5c6ced2
 def _lam(sigma: Tensor) -> Tensor: return -sigma.log()  # λ = −ln σ; +inf at σ = 0
 
+def _dpmpp_2m_weights(h: Tensor, h_last: Tensor) -> tuple[Tensor, Tensor]:
+    "The weights `(1 + 1/(2r), 1/(2r))` of D and D_old, r = h_last/h (Lu et al. 2022, Alg. 2), tensor form (inf/NaN, never a ZeroDivisionError)."
+    r = h_last / h
+    return 1 + 1 / (2 * r), 1 / (2 * r)
+
+def _dpmpp_2m_mix(denoised: Tensor, old_denoised: Tensor, w: float | Tensor, w_old: float | Tensor) -> Tensor: return w * denoised - w_old * old_denoised
+
 def _dpmpp_2m_denoised(denoised: Tensor, old_denoised: Tensor, h, h_last) -> Tensor:
     "Second-order extrapolation `(1 + 1/(2r))·D − 1/(2r)·D_old`, r = h_last/h (Lu et al. 2022, Alg. 2). NaN if h = ∞ (tensors)."
-    r = h_last / h
-    return (1 + 1 / (2 * r)) * denoised - 1 / (2 * r) * old_denoised
+    return _dpmpp_2m_mix(denoised, old_denoised, *_dpmpp_2m_weights(h, h_last))
 
 def _dpmpp_2m_plan(sigma: Tensor, next_sigma: Tensor, previous_sigma: Tensor) -> list[SimpleNamespace]:
     "Per step, tensor form then host floats: σ_i, σ_{i+1}, `ratio` σ_{i+1}/σ_i, `em1` = e^{−h} − 1 with h = λ_{i+1} − λ_i, h and h_last = λ_i − λ_{i−1}."
     h = _lam(next_sigma) - _lam(sigma)
-    return _rows(sigma=sigma, next_sigma=next_sigma, ratio=next_sigma / sigma, em1=torch.expm1(-h), h=h,
-                 h_last=_lam(sigma) - _lam(previous_sigma))
+    w, w_old = _dpmpp_2m_weights(h, _lam(sigma) - _lam(previous_sigma))
+    return _rows(sigma=sigma, next_sigma=next_sigma, ratio=next_sigma / sigma, em1=torch.expm1(-h), w=w, w_old=w_old)
 
 def _dpmpp_2m(x: Tensor, denoised: Tensor, old_denoised: Tensor | None, p: SimpleNamespace) -> Tensor:
     "The update with the host values `p` of `_dpmpp_2m_plan`; second order only with `old_denoised` and σ_{i+1} > 0."
-    if old_denoised is not None and p.next_sigma > 0: denoised = _dpmpp_2m_denoised(denoised, old_denoised, p.h, p.h_last)
+    if old_denoised is not None and p.next_sigma > 0: denoised = _dpmpp_2m_mix(denoised, old_denoised, p.w, p.w_old)
     return p.ratio * x - p.em1 * denoised
 
 def dpmpp_2m_step(x: Tensor, denoised: Tensor, sigma, next_sigma, old_denoised: Tensor | None = None,

@@ -175,3 +175,34 @@ def test_fast_gpu_settings_progress_bar_refresh():
     assert len(bars) == 1 and bars[0].refresh_rate == 25
     assert kw["precision"] == "32-true" and kw["benchmark"] is False        # explicit settings win
     assert "callbacks" not in fast_gpu_settings({}, off=["async_checks", "tf32"], cuda=True)
+
+
+def test_overrides_of_the_call_are_honoured():
+    "A subclass that overrides the checked call (Denoiser.forward, a weighting's __call__, loss_and_sigmas) is run as it is."
+    from diffexplore.sampling import EulerEDMSampler
+    calls = {"forward": 0}
+    class ClampDen(Denoiser):
+        def forward(self, *a, **k): calls["forward"] += 1; return super().forward(*a, **k).clamp(-1, 1)
+    class Double(EDMWeighting):
+        def __call__(self, sigma): return 2 * super().__call__(sigma)
+    class Forced(StandardDiffusionLoss):
+        def loss_and_sigmas(self, *a, **k):
+            loss, sigmas = super().loss_and_sigmas(*a, **k)
+            return loss * 0 + 7.0, sigmas
+    e = _engine(ClampDen(EDMScaling(0.5)), Forced(EDMSampling(), Double(0.5)), sampler=EulerEDMSampler(num_steps=2))
+    t = _trainer(2)
+    t.fit(e, _data())
+    assert calls["forward"] == 2 and float(t.logged_metrics["train/loss"]) == 7.0
+    e.sample({}, batch_size=2, shape=(3, 8, 8))
+    assert calls["forward"] == 4                                  # 2 sampling steps, through the override
+    x, s = torch.zeros(2, 3, 8, 8), torch.tensor([0.5, 2.0])
+    torch.manual_seed(0); doubled = StandardDiffusionLoss(EDMSampling(), Double(0.5))(e.model, Denoiser(EDMScaling(0.5)), None, x, {}, sigmas=s)
+    torch.manual_seed(0); plain = StandardDiffusionLoss(EDMSampling(), EDMWeighting(0.5))(e.model, Denoiser(EDMScaling(0.5)), None, x, {}, sigmas=s)
+    torch.testing.assert_close(doubled, 2 * plain)
+
+
+def test_foreign_sampler_gets_the_checked_denoiser():
+    "A sampler of the user's own (no `checks_sigmas`) calls the checked denoiser: σ = 0 with EDMScaling is a ValueError, not NaN."
+    e = _engine()
+    e.sampler = lambda den, x, c, uc=None: den(x, torch.zeros(x.shape[0]), c)
+    with pytest.raises(ValueError, match="sigma=0"): e.sample({}, batch_size=2, shape=(3, 8, 8))

@@ -534,3 +534,43 @@ def test_engine_sampling_reads_do_not_grow_with_steps(monkeypatch, guided):
     for cls, kw in SAMPLER_CASES:
         reads = {n: reads_(cls, kw, n) for n in (4, 12)}
         assert reads[4] == reads[12], (cls.__name__, kw, reads)
+
+
+def test_sgm_step_hook_overrides_are_refused_not_ignored():
+    "sgm's per-step hooks are not called by the planned loop: overriding them is a TypeError naming the hook, not silently ignored."
+    class MyEuler(EulerEDMSampler):
+        def sampler_step(self, *a, **k): raise AssertionError("never called")
+    class MyHeun(HeunEDMSampler):
+        def possible_correction_step(self, euler_step, x, d, dt, next_sigma, denoiser, cond, uc): return euler_step
+    den = lambda x, s, c: x / (1 + s[:, None] ** 2)
+    for cls, name in ((MyEuler, "sampler_step"), (MyHeun, "possible_correction_step")):
+        with pytest.raises(TypeError, match=name): cls(num_steps=3)(den, torch.randn(2, 2), None)
+
+
+def test_cfg_subclass_prepare_inputs_is_honoured():
+    "A VanillaCFG subclass overriding sgm's prepare_inputs gets it called at every evaluation."
+    seen = []
+    class MyCFG(VanillaCFG):
+        def prepare_inputs(self, x, s, c, uc): seen.append(1); return super().prepare_inputs(x, s, c, uc)
+    den = lambda x, s, c: x / (1 + s[:, None] ** 2) + c["vector"]
+    EulerEDMSampler(num_steps=3, guider=MyCFG(2.0))(den, torch.randn(2, 2), {"vector": torch.ones(2, 2)}, {"vector": torch.zeros(2, 2)})
+    assert len(seen) == 3
+
+
+def test_dpmpp_2m_adjacent_float32_sigmas_stay_finite():
+    "Two adjacent float32 σ whose logs round equal: the weights go to inf/0 in tensor form, as before, never ZeroDivisionError."
+    a = torch.tensor(1000.0); b = torch.nextafter(a, torch.tensor(0.0))
+    den = lambda x, s, c: x / (1 + s[:, None] ** 2)
+    out = DPMPP2MSampler()(den, torch.randn(3, 2), {}, sigmas=torch.stack([torch.tensor(2000.0), a, b, torch.tensor(0.0)]))
+    assert torch.isfinite(out).all()
+
+
+def test_sgm_style_discretization_without_dtype():
+    "A discretization with sgm's call `disc(n, do_append_zero=True, device=..., flip=False)` (no dtype) still works."
+    class SgmDisc:
+        def __call__(self, n, do_append_zero=True, device="cpu", flip=False):
+            return torch.cat([torch.linspace(10.0, 0.1, n), torch.zeros(1)]).to(device)
+    s = EulerEDMSampler(discretization=SgmDisc(), num_steps=4).get_sigmas()
+    assert s.shape == (5,) and s[-1] == 0
+    out = EulerEDMSampler(discretization=SgmDisc(), num_steps=4)(lambda x, s, c: x * 0, torch.randn(2, 2, dtype=torch.float64), None)
+    assert out.dtype == torch.float64
