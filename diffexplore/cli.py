@@ -91,13 +91,13 @@ def load_config(path, # a YAML file
 # %% ../nbs/14_cli.ipynb #481858cc
 def build_engine(cfg: DictConfig) -> DiffusionEngine:
     "The `DiffusionEngine` the config's `model` section describes, with the whole config attached (saved in checkpoints)."
-    engine = instantiate_from_config(cfg.model)
+    engine = instantiate_from_config(cfg.model, path="model")
     engine.config = OmegaConf.to_container(cfg, resolve=True)
     return engine
 
 def build_data(cfg: DictConfig):
     "The LightningDataModule of the config's `data` section, set up (so a missing dataset fails here)."
-    dm = instantiate_from_config(cfg.data)
+    dm = instantiate_from_config(cfg.data, path="data")
     dm.setup("fit")
     return dm
 
@@ -295,11 +295,11 @@ def train(cfg: DictConfig, # a loaded config (see `load_config`)
         raise ConfigError(f"run_dir={str(run_dir)!r} already holds checkpoints ({', '.join(p.name for p in old)}): "
                           f"continue it with --resume {ck}, or choose a new --run-dir")
     trainer_kwargs(cfg)   # a bad trainer setting fails here, before data and model are built
-    run_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(int(cfg.get("seed", 0)), verbose=False)
     dm = build_data(cfg)
     engine = build_engine(cfg)
     check_compatible(engine, dm)
+    run_dir.mkdir(parents=True, exist_ok=True)   # only once data and model are built: a bad config leaves no empty run dir
     OmegaConf.save(cfg, run_dir / "config.yaml")
     resume_step = torch.load(resume, map_location="cpu", weights_only=False, mmap=True)["global_step"] if resume else 0
     trainer = make_trainer(cfg, run_dir, num_classes=getattr(dm, "num_classes", None), engine=engine, fast_off=fast_off,

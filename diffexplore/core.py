@@ -141,9 +141,9 @@ def get_obj_from_str(target: str # dotted path `package.module.Name`; sgm paths 
 # %% ../nbs/00_core.ipynb #c72f8ea8
 def _is_config(v) -> bool: return isinstance(v, Mapping) and "target" in v
 
-def _build(v):
+def _build(v, path: str):
     "Build a target-dict param; lists are passed as they are (sgm's GeneralConditioner reads settings next to each entry's target)."
-    return instantiate_from_config(v) if _is_config(v) else v
+    return instantiate_from_config(v, path=path) if _is_config(v) else v
 
 def _rename_sgm_params(cls, params: dict) -> dict:
     "sgm passes `foo_config` where our constructors take the built object `foo`."
@@ -156,13 +156,16 @@ def _rename_sgm_params(cls, params: dict) -> dict:
     return out
 
 def instantiate_from_config(config: Mapping, # `{"target": "module.Class", "params": {...}}`; also an OmegaConf DictConfig
+                            path: str = "", # the config's key path (e.g. "model"), named in errors
                            ) -> Any:
     """Build the object a config describes, recursively (params that are target-dicts are built first).
 
     sgm's class paths resolve to diffexplore's (see `SGM_MODULES`), and sgm's `foo_config` params are
     passed as `foo` where our class takes the built object. Also accepts sgm's special targets
     `__is_first_stage__` and `__is_unconditional__` (returns `None`).
-    Raises `ValueError` for a missing/unknown `target`, `TypeError` for missing or unexpected params.
+    Raises `ValueError` for a missing/unknown `target`, `TypeError` for missing or unexpected params; an error a
+    constructor raises is raised again with the key path of the param it names in front (`model.params....p_mean:
+    could not convert string to float: 'abc'`), or the path of the object.
     Source: `sgm/util.py: instantiate_from_config`."""
     if hasattr(config, "_metadata") or type(config).__name__ == "DictConfig":
         from omegaconf import OmegaConf
@@ -173,8 +176,17 @@ def instantiate_from_config(config: Mapping, # `{"target": "module.Class", "para
     target, params = config["target"], config.get("params") or {}
     if not isinstance(params, Mapping): raise TypeError(f"params of target={target!r} must be a mapping; got params={params!r}")
     cls = get_obj_from_str(target)
-    params = {k: _build(v) for k, v in _rename_sgm_params(cls, dict(params)).items()}
+    at = lambda k: f"{path}.params.{k}" if path else f"params.{k}"
+    typed = list(params)   # the keys as written (sgm's `foo_config`), for error paths
+    params = _rename_sgm_params(cls, {k: _build(v, at(k)) for k, v in params.items()})
+    written = dict(zip(params, typed))
     try: inspect.signature(cls).bind(**params)
     except TypeError as e: raise TypeError(f"bad params for target={target!r}: {e}") from e
     except ValueError: pass  # builtins without a signature: let the call decide
-    return cls(**params)
+    try: return cls(**params)
+    except (ValueError, TypeError) as e:
+        if getattr(e, "_config_path", None) is not None or not path: raise
+        bad = next((k for k, v in params.items() if isinstance(v, (str, int, float)) and not isinstance(v, bool) and repr(v) in str(e)), None)
+        where = at(written[bad]) if bad else f"{path} (target={target!r})"
+        err = type(e)(f"{where}: {e}"); err._config_path = where
+        raise err from e

@@ -65,6 +65,14 @@ def test_unknown_config_key_is_named(capsys):
     assert "trainer.max_stepz" in capsys.readouterr().err and "trainer.max_steps" in "trainer.max_steps"
 
 
+def test_bad_override_value_is_named_by_its_key_and_leaves_no_run_dir(tmp_path, capsys):
+    "A value a constructor refuses is named by the key the user typed; nothing is written for a run that never started."
+    key = "model.params.loss_fn_config.params.sigma_sampler_config.params.p_mean"
+    assert main(["train", "--config", str(CONFIG), "--run-dir", str(tmp_path / "run"), f"{key}=abc"]) == 2
+    assert f"{key}: could not convert string to float: 'abc'" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_channel_mismatch_caught_before_training(tmp_path):
     cfg = load_config(CONFIG, [*TINY, "model.params.network_config.params.diffusion_model.params.in_channels=3"])
     with pytest.raises(ConfigError, match="in_channels=3"):
