@@ -4,7 +4,8 @@
 
 # %% ../nbs/14_cli.ipynb #2136e276
 from __future__ import annotations
-import argparse, csv, difflib, json, math, os, sys, time, types, typing, warnings
+import argparse, csv, difflib, json, logging, math, os, sys, time, types, typing, warnings
+from contextlib import contextmanager
 from pathlib import Path
 import numpy as np
 import torch
@@ -22,10 +23,11 @@ from .engine import DiffusionEngine, NonFiniteLossError, FAST_SWITCHES, fast_gpu
 from .data import image_grid
 
 # %% auto #0
-__all__ = ['CLI_TRAINER_KEYS', 'TRAINER_MINIMUMS', 'SAMPLERS', 'ConfigError', 'apply_overrides', 'load_config', 'build_engine',
-           'build_data', 'check_compatible', 'save_image_grid', 'class_balanced_labels', 'SampleGridCallback',
-           'FinalCheckpoint', 'InterruptCheckpoint', 'KeepingCSVLogger', 'trainer_kwargs', 'make_trainer', 'train',
-           'read_metrics', 'plot_losses', 'judge_run', 'load_engine', 'set_sampler', 'sample', 'main']
+__all__ = ['CLI_TRAINER_KEYS', 'TRAINER_MINIMUMS', 'SAMPLERS', 'QUIETED', 'ConfigError', 'apply_overrides', 'load_config',
+           'build_engine', 'build_data', 'check_compatible', 'save_image_grid', 'class_balanced_labels',
+           'SampleGridCallback', 'FinalCheckpoint', 'InterruptCheckpoint', 'KeepingCSVLogger', 'trainer_kwargs',
+           'make_trainer', 'train', 'read_metrics', 'plot_losses', 'judge_run', 'load_engine', 'set_sampler', 'sample',
+           'quiet_libraries', 'main']
 
 # %% ../nbs/14_cli.ipynb #b44f908f
 class ConfigError(ValueError):
@@ -400,6 +402,26 @@ def sample(ckpt, n: int, out, cfg_scale=None, class_label=None, sampler=None, nu
     return save_image_grid(imgs, out, nrow=min(n, 10))
 
 # %% ../nbs/14_cli.ipynb #6204c1ae
+QUIETED = ("You passed in a `val_dataloader` but have no `validation_step`", "'set_vital' is deprecated",
+           "`isinstance(treespec, LeafSpec)` is deprecated")
+"Warnings `diffexplore train` silences: Lightning's notice that our datamodule's validation split goes unused, and deprecations raised inside torchdata and Lightning by their own calls."
+
+class _NoTips(logging.Filter):
+    def filter(self, record) -> bool: return "Tip:" not in record.getMessage()
+
+@contextmanager
+def quiet_libraries(verbose: bool = False):
+    """Silence library messages a user of `diffexplore train` cannot act on: the warnings in `QUIETED` and Lightning's
+    advertising tips (its device lines stay). `verbose=True` (`--verbose`) keeps everything."""
+    if verbose: yield; return
+    log, tips = logging.getLogger("lightning.pytorch.utilities.rank_zero"), _NoTips()
+    log.addFilter(tips)
+    try:
+        with warnings.catch_warnings():
+            for text in QUIETED: warnings.filterwarnings("ignore", message=".*" + __import__("re").escape(text))
+            yield
+    finally: log.removeFilter(tips)
+
 def _is_bug(e: Exception) -> bool:
     "Errors raised inside diffexplore or Lightning's checks are user-facing; others (deep in torch) keep their traceback."
     import traceback
@@ -416,6 +438,7 @@ def _parser():
     t.add_argument("--no-judge", action="store_true", help="skip the classifier judge at the end")
     t.add_argument("--no-fast", action="append", default=[], choices=[*FAST_SWITCHES, "all"], metavar="SWITCH",
                    help=f"on a GPU, turn off one fast setting (repeatable): {', '.join(FAST_SWITCHES)}, or all")
+    t.add_argument("--verbose", action="store_true", help="keep the library messages a run cannot act on (Lightning's tips, deprecations)")
     t.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. trainer.max_steps=100")
     s = sub.add_parser("sample", help="sample from a checkpoint into a PNG grid")
     s.add_argument("--ckpt", required=True); s.add_argument("--n", type=int, default=16); s.add_argument("--out", required=True)
@@ -451,7 +474,8 @@ def main(argv=None) -> int:
             if config is None: raise ConfigError("--config is required (or --resume RUN/checkpoints/last.ckpt)")
             cfg = load_config(config, args.overrides)
             run_dir = args.run_dir or (Path(args.resume).parent.parent if args.resume else Path("runs") / Path(config).stem)
-            summary = train(cfg, run_dir, resume=args.resume, judge=not args.no_judge, fast_off=args.no_fast)
+            with quiet_libraries(args.verbose):
+                summary = train(cfg, run_dir, resume=args.resume, judge=not args.no_judge, fast_off=args.no_fast)
             print(json.dumps(summary, indent=2))
         else:
             path = sample(args.ckpt, args.n, args.out, args.cfg_scale, args.class_label, args.sampler, args.num_steps,

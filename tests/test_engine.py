@@ -164,3 +164,24 @@ def test_log_images_like_sgm(run20):
     assert set(imgs) == {"inputs", "samples"}       # pixel space: no reconstructions
     assert imgs["inputs"].shape == imgs["samples"].shape == (4, 1, 8, 8)
     assert imgs["samples"].min() >= -1 and imgs["samples"].max() <= 1
+
+
+def test_train_output_has_no_library_noise(tmp_path, capfd, caplog):
+    "`diffexplore train` prints no Lightning tip, skipped-val-loop notice or library deprecation; `--verbose` keeps them."
+    import logging
+    from diffexplore.cli import quiet_libraries, QUIETED
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch.utilities.rank_zero"):
+        assert main(["train", "--config", str(CONFIG), "--run-dir", str(tmp_path / "q"), "--no-judge", "trainer.max_steps=3", *TINY]) == 0
+    lines = [r.getMessage() for r in caplog.records] + capfd.readouterr().err.splitlines()
+    assert any("GPU available" in l for l in lines)                        # Lightning's device lines stay
+    assert not [l for l in lines if any(t in l for t in ("Tip:", "validation_step", "set_vital", "LeafSpec"))], lines
+    log, seen = logging.getLogger("lightning.pytorch.utilities.rank_zero"), []
+    handler = logging.Handler(); handler.emit = lambda r: seen.append(r.getMessage()); log.addHandler(handler)
+    try:
+        for verbose in (False, True):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                with quiet_libraries(verbose): log.warning("💡 Tip: try our cloud"); warnings.warn(QUIETED[0], UserWarning)
+            seen.append(len(caught))
+    finally: log.removeHandler(handler)
+    assert seen == [0, "💡 Tip: try our cloud", 1], seen
