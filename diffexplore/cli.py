@@ -441,10 +441,15 @@ def _parser():
     t.add_argument("--verbose", action="store_true", help="keep the library messages a run cannot act on (Lightning's tips, deprecations)")
     t.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. trainer.max_steps=100")
     s = sub.add_parser("sample", help="sample from a checkpoint into a PNG grid")
-    s.add_argument("--ckpt", required=True); s.add_argument("--n", type=int, default=16); s.add_argument("--out", required=True)
-    s.add_argument("--cfg-scale", type=float, default=None); s.add_argument("--class-label", type=int, default=None)
-    s.add_argument("--sampler", default=None, choices=SAMPLERS); s.add_argument("--num-steps", type=int, default=None)
-    s.add_argument("--seed", type=int, default=0); s.add_argument("--no-ema", action="store_true")
+    s.add_argument("--ckpt", required=True, help="checkpoint written by `diffexplore train` (e.g. RUN/checkpoints/last.ckpt)")
+    s.add_argument("--n", type=int, default=16, help="number of samples, >= 1 (default 16)")
+    s.add_argument("--out", required=True, help="PNG file for the grid of samples")
+    s.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale (1 = conditional; default: the run's sampler)")
+    s.add_argument("--class-label", type=int, default=None, help="class of every sample, in [0, n_classes) (default: cycle through the classes)")
+    s.add_argument("--sampler", default=None, choices=SAMPLERS, help="generation sampler (default: the run's)")
+    s.add_argument("--num-steps", type=int, default=None, help="sampler steps, >= 1 (default: the run's)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the initial noise (default 0)")
+    s.add_argument("--no-ema", action="store_true", help="sample with the raw weights instead of their EMA")
     return p
 
 def _check_sample_args(args):

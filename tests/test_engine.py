@@ -185,3 +185,13 @@ def test_train_output_has_no_library_noise(tmp_path, capfd, caplog):
             seen.append(len(caught))
     finally: log.removeHandler(handler)
     assert seen == [0, "💡 Tip: try our cloud", 1], seen
+
+
+def test_every_cli_option_has_help():
+    "`diffexplore train --help` and `diffexplore sample --help` describe every option."
+    import argparse
+    from diffexplore.cli import _parser
+    sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name in ("train", "sample"):
+        missing = [a.dest for a in sub.choices[name]._actions if not a.help]
+        assert not missing, (name, missing)
