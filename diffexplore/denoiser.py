@@ -37,8 +37,8 @@ class Denoiser(nn.Module):
     input's shape, else `ValueError`). The network gets `c_in·x_t` in its own dtype (`_network_dtype`); D has
     input's shape and the coefficients' dtype: float32, or float64 for float64 σ and input (never half).
     `check(sigma)` runs the σ checks alone (host reads); `unchecked(...)` the formula alone (none).
-    Source: `sgm/modules/diffusionmodules/denoiser.py: Denoiser`; Karras et al. 2022, eq. 7; the seed,
-    section 5.1 (`is_score_output`)."""
+    Source: `sgm/modules/diffusionmodules/denoiser.py: Denoiser`; Karras et al. 2022, eq. 7 and
+    eq. 3 (`is_score_output`: D = x_t + σ²·score)."""
     def __init__(self, scaling: DenoiserScaling, is_score_output: bool = False):
         super().__init__()
         self.scaling, self.is_score_output = scaling, is_score_output
@@ -121,12 +121,12 @@ def from_denoised(kind: str, # "x0", "eps", "v" or "score"
 
 # %% ../nbs/05_denoiser.ipynb #4eb3fb96
 class ScoreToDenoised(nn.Module):
-    """Wrap a score model so that a `Denoiser(scaling)` computes D = x_t + σ²·score (the seed's route 3).
+    """Wrap a score model so that a `Denoiser(scaling)` computes D = x_t + σ²·score (route 3).
 
     `score_model(x_t, sigma, cond, **kwargs) -> score` with x_t `[B, ...]`, σ `[B]` and the score in 1/data units.
     `forward(x, c_noise, cond, **kwargs)` has sgm's network call; it recovers x_t = x/c_in and σ from
     `scaling.sigma_from_c_noise(c_noise)`, and returns F = (x_t + σ²·s − c_skip·x_t)/c_out (just s under
-    `ScoreScaling`). σ must be > 0. Source: the seed, section 5.1 "替换点 3"; Tweedie's formula (Efron 2011)."""
+    `ScoreScaling`). σ must be > 0. Source: Tweedie's formula (Efron 2011); Karras et al. 2022, eq. 3."""
     def __init__(self, score_model, scaling: DenoiserScaling = None):
         super().__init__()
         self.score_model, self.scaling = score_model, scaling if scaling is not None else ScoreScaling()

@@ -30,7 +30,7 @@ class LitEma(nn.Module):
 
     `decay` in [0, 1) (else `ValueError`). Call `ema(model)` after each optimizer step; `scope(model)` swaps
     the averaged weights in and always swaps the raw ones back. Buffers: `num_updates` (int64) and one float32
-    shadow per parameter, float32 whatever the module is cast to. Source: `sgm/modules/ema.py: LitEma`; bugcase BC15."""
+    shadow per parameter, float32 whatever the module is cast to. Source: `sgm/modules/ema.py: LitEma`; huggingface/diffusers #1864."""
     def __init__(self, model: nn.Module, decay: float = 0.9999, use_num_updates: bool = True):
         super().__init__()
         if not 0.0 <= decay < 1.0: raise ValueError(f"decay must be in [0, 1); got decay={decay!r}")
@@ -118,7 +118,7 @@ class CompiledStep:
     `cuda_graphs`: replay as CUDA graphs (`mode="reduce-overhead"`), on the process's main thread only: a call from
     another thread compiles without them (torch could not record a process's graphs again from another thread;
     they bought 1.01–1.03× where the GPU is busy, BENCHMARKS.md). The engine asks for no graphs under gradient
-    accumulation (bugcase BC26). A replay's output is cloned (the next replay overwrites it). Attributes: `graphs`
+    accumulation (SWivid/F5-TTS #631). A replay's output is cloned (the next replay overwrites it). Attributes: `graphs`
     (whether the compiled step replays CUDA graphs), `shape` (the compiled batch shape, None before the first
     call); a call with another shape (a short last batch) runs `fn` eagerly. Source: PyTorch's `torch.compile`
     documentation ("reduce-overhead" mode, `torch.compiler.cudagraph_mark_step_begin`)."""

@@ -40,7 +40,7 @@ def make_scalings(names: Sequence[str] = tuple(SCALINGS), # short names, keys of
 def make_weighting(name: str = "EDM", # a key of `WEIGHTINGS`
                    sigma_data: float = 0.5, # data std for `EDMWeighting`, > 0
                   ) -> DiffusionLossWeighting:
-    "A weighting by short name; EDM gets `sigma_data` (the same as the scaling's, bugcase BC01)."
+    "A weighting by short name; EDM gets `sigma_data` (the same as the scaling's, huggingface/diffusers PR #9563)."
     _check_name(name, WEIGHTINGS, "weighting")
     return WEIGHTINGS[name](sigma_data) if name == "EDM" else WEIGHTINGS[name]()
 
@@ -228,7 +228,7 @@ class ScalingExplorer(_Explorer):
 
 # %% ../nbs/16_explorers.ipynb #bbfab624
 FP16_MAX = 65504.0
-"Largest finite float16; a loss weight above it is inf in half precision (bugcase BC03)."
+"Largest finite float16; a loss weight above it is inf in half precision (lucidrains/alphafold3-pytorch #68)."
 
 def log10_histogram(sigmas: Tensor, # σ > 0, [n]
                     edges: Tensor, # bin edges in log10 σ, ascending, [K + 1]

@@ -35,7 +35,7 @@ class StandardDiffusionLoss(Repr):
     Keyword-only `sigmas=`/`noise=` fix σ and ε (tests, explorers). Raises `ValueError` for an unknown
     `loss_type`, a negative `offset_noise_level`, or σ of the wrong length or value.
     Source: `sgm/modules/diffusionmodules/loss.py: StandardDiffusionLoss` (offset noise for any rank ≥ 3,
-    fixing sgm's crash, bugcase BC12)."""
+    fixing sgm's crash, Stability-AI/generative-models PR #471)."""
     def __init__(self, sigma_sampler, loss_weighting, loss_type: str = "l2", offset_noise_level: float = 0.0,
                  batch2model_keys=None):
         if loss_type not in LOSS_TYPES: raise ValueError(f"loss_type must be one of {LOSS_TYPES}; got loss_type={loss_type!r}")

@@ -122,6 +122,7 @@ def _check_step(sigma, next_sigma=None, name="sigma"):
         if not bool(torch.isfinite(n).all() & (n >= 0).all() & (n <= s).all()):
             raise ValueError(f"next sigma must be finite, >= 0 and <= {name}={s.tolist()}; got {n.tolist()}")
 
+# %% ../nbs/12_sampling.ipynb #c860b6a5
 def to_d(x: Tensor, sigma: Tensor, denoised: Tensor) -> Tensor:
     """The ODE's slope `dx/dσ = (x − D)/σ` (Karras et al. 2022, eq. 3). `sigma` > 0: a 0-d or `[B]` tensor
     (`ValueError` otherwise: at σ = 0 the slope is undefined). Source: `sgm/.../sampling_utils.py: to_d`."""
@@ -152,7 +153,7 @@ class BaseDiffusionSampler(Repr):
     `guider`: `IdentityGuider()` (default), `VanillaCFG(scale)` or any object with sgm's `prepare_inputs` and `__call__`.
     `verbose`: tqdm progress bar. `device`: accepted for sgm configs; the schedule is always built and checked on the CPU
     (the loop decides on host values) and the denoiser gets σ on `x`'s device.
-    `init_sigma_data` >= 0: unit noise is scaled by `sqrt(init_sigma_data² + σ_0²)` (1.0 = sgm, 0 = EDM paper; BC09).
+    `init_sigma_data` >= 0: unit noise is scaled by `sqrt(init_sigma_data² + σ_0²)` (1.0 = sgm, 0 = EDM paper; Stability-AI/generative-models PR #263).
     Raises `ValueError`/`TypeError` naming the bad parameter. Source: `sgm/modules/diffusionmodules/sampling.py: BaseDiffusionSampler`."""
     checks_sigmas = True   # the loop checks its σ schedule once: `DiffusionEngine.sample` passes the unchecked denoiser
 
@@ -165,7 +166,7 @@ class BaseDiffusionSampler(Repr):
         self.init_sigma_data = _check_nonneg(init_sigma_data, "init_sigma_data")
 
     def init_noise_scale(self, sigma_0) -> Tensor:
-        "`sqrt(init_sigma_data² + σ_0²)`: std of x_0 + σ_0·ε for data of std `init_sigma_data` (bugcase BC09)."
+        "`sqrt(init_sigma_data² + σ_0²)`: std of x_0 + σ_0·ε for data of std `init_sigma_data` (Stability-AI/generative-models PR #263)."
         sigma_0 = as_sigma(sigma_0, "sigma_0")
         return torch.hypot(sigma_0, torch.full_like(sigma_0, self.init_sigma_data))
 
@@ -408,7 +409,7 @@ def dpmpp_2m_step(x: Tensor, denoised: Tensor, sigma, next_sigma, old_denoised: 
     """One DPM-Solver++(2M) update of `x` from `sigma` > 0 to `next_sigma` >= 0 (scalars or 0-d tensors).
 
     Second order when `old_denoised` (D at `previous_sigma`) is given **and** `next_sigma` > 0; first order
-    otherwise, so the step into σ = 0 returns exactly `denoised` (bugcase BC11). Raises `ValueError` unless `sigma`
+    otherwise, so the step into σ = 0 returns exactly `denoised` (huggingface/diffusers #9007). Raises `ValueError` unless `sigma`
     > 0 and 0 <= `next_sigma` <= `sigma` (finite), or when `old_denoised` comes without `previous_sigma`.
     Source: Lu et al. 2022, DPM-Solver++ Algorithm 2; `sgm/modules/diffusionmodules/sampling.py: DPMPP2MSampler`."""
     _check_step(sigma, next_sigma)
@@ -419,7 +420,7 @@ def dpmpp_2m_step(x: Tensor, denoised: Tensor, sigma, next_sigma, old_denoised: 
 class DPMPP2MSampler(BaseDiffusionSampler):
     """DPM-Solver++(2M): multistep second order in λ = −ln σ, one denoiser call per step.
 
-    First and last (into σ = 0) steps are first order (bugcase BC11). Parameters: see `BaseDiffusionSampler`.
+    First and last (into σ = 0) steps are first order (huggingface/diffusers #9007). Parameters: see `BaseDiffusionSampler`.
     Source: `sgm/modules/diffusionmodules/sampling.py: DPMPP2MSampler`; Lu et al. 2022, Algorithm 2."""
     def plan(self, sigmas: Tensor) -> list[SimpleNamespace]:
         "`_dpmpp_2m_plan` over the schedule (step 0 has no previous D, so its `h_last` is unused)."

@@ -61,7 +61,7 @@ class EDMScaling(DenoiserScaling):
 class EpsScaling(DenoiserScaling):
     """ε-prediction: `c_skip=1, c_out=-σ, c_in=1/sqrt(σ²+1), c_noise=σ`; F learns the noise ε.
 
-    σ = ∞ raises `ValueError` (c_out = -σ is unbounded; bugcase BC05).
+    σ = ∞ raises `ValueError` (c_out = -σ is unbounded; huggingface/diffusers #3851).
     Source: `sgm/modules/diffusionmodules/denoiser_scaling.py: EpsScaling`; Ho et al. 2020."""
     def __init__(self): pass
     def coefficients(self, sigma):
@@ -71,7 +71,7 @@ class EpsScaling(DenoiserScaling):
 class VScaling(DenoiserScaling):
     """v-prediction: `c_skip=1/(σ²+1), c_out=-σ/sqrt(σ²+1), c_in=1/sqrt(σ²+1), c_noise=σ`.
 
-    Finite for σ ∈ [0, ∞] (σ = ∞ gives c_skip=0, c_out=-1, c_in=0, c_noise=∞); computed in ≥ float32 (bugcase BC05).
+    Finite for σ ∈ [0, ∞] (σ = ∞ gives c_skip=0, c_out=-1, c_in=0, c_noise=∞); computed in ≥ float32 (huggingface/diffusers #3851).
     Source: `sgm/modules/diffusionmodules/denoiser_scaling.py: VScaling`; Salimans & Ho 2022."""
     allow_inf = True
     def __init__(self): pass
@@ -96,7 +96,7 @@ class ScoreScaling(DenoiserScaling):
     """Score parametrization: `c_skip=1, c_out=σ², c_in=1, c_noise=σ`, so D = x_t + σ²·s (Tweedie).
 
     F learns the score ∇ log p_σ(x_t) (units 1/data); the ideal target is -ε/σ.
-    Source: the design seed (section 5.1, "ScoreScaling"); Karras et al. 2022 eq. 3."""
+    Source: Karras et al. 2022, eq. 3 (the score from D); Efron 2011 (Tweedie's formula)."""
     def __init__(self): pass
     def coefficients(self, sigma):
         return torch.ones_like(sigma), sigma**2, torch.ones_like(sigma), sigma.clone()

@@ -16,7 +16,7 @@ __all__ = ['WEIGHTINGS', 'DiffusionLossWeighting', 'UnitWeighting', 'EDMWeightin
 class DiffusionLossWeighting(Repr):
     """Base class: `weighting(sigma) -> w`, a float32/float64 tensor shaped like `sigma`, w > 0.
 
-    `sigma`: σ ≥ 0, any shape; half precision is promoted to float32 (bugcase BC03). Raises `ValueError` for
+    `sigma`: σ ≥ 0, any shape; half precision is promoted to float32 (lucidrains/alphafold3-pytorch #68). Raises `ValueError` for
     negative/NaN/infinite σ, and for σ = 0 where the weight is infinite.
     Source: `sgm/modules/diffusionmodules/denoiser_weighting.py`."""
     finite_at_zero = False
@@ -40,7 +40,7 @@ class UnitWeighting(DiffusionLossWeighting):
 class EDMWeighting(DiffusionLossWeighting):
     """w(σ) = (σ² + σ_data²)/(σ·σ_data)²: makes w·c_out² = 1 for `EDMScaling(sigma_data)`.
 
-    `sigma_data` > 0 else `ValueError`; use the same value as the scaling (bugcase BC01).
+    `sigma_data` > 0 else `ValueError`; use the same value as the scaling (huggingface/diffusers PR #9563).
     Source: `sgm/modules/diffusionmodules/denoiser_weighting.py: EDMWeighting`; Karras et al. 2022, Table 1."""
     def __init__(self, sigma_data: float = 0.5): self.sigma_data = check_positive(sigma_data, "sigma_data")
     def weight(self, sigma): return 1 / sigma**2 + 1 / self.sigma_data**2
@@ -62,7 +62,7 @@ def effective_weight(weighting: DiffusionLossWeighting, # w(σ)
                     ) -> Tensor: # λ_F(σ) = w(σ)·c_out(σ)², shaped like σ
     """The weight a denoiser-space loss `w·‖D − x_0‖²` puts on the network's error `‖F − F*‖²`.
 
-    Raises as `weighting(sigma)` and `scaling(sigma)` do. Source: bugcase BC02; Karras et al. 2022, eq. 8."""
+    Raises as `weighting(sigma)` and `scaling(sigma)` do. Source: crowsonkb/k-diffusion #45; Karras et al. 2022, eq. 8."""
     return weighting(sigma) * scaling.c_out(sigma)**2
 
 # %% ../nbs/04_weightings.ipynb #39f9ace5
