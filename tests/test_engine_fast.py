@@ -206,3 +206,20 @@ def test_foreign_sampler_gets_the_checked_denoiser():
     e = _engine()
     e.sampler = lambda den, x, c, uc=None: den(x, torch.zeros(x.shape[0]), c)
     with pytest.raises(ValueError, match="sigma=0"): e.sample({}, batch_size=2, shape=(3, 8, 8))
+
+
+def test_deferred_checks_read_the_loss_only_on_logging_steps(monkeypatch):
+    "With deferred checks the loss is not in Lightning's progress-bar metrics (read back every step): 100 steps, one read."
+    from diffexplore.engine import LossProgressBar
+    reads = [0]
+    real = torch.Tensor.item
+    e = _engine(sync_checks=False, fused_optimizer=True)
+    kw = fast_gpu_settings(dict(max_steps=100, accelerator="cpu", logger=False, enable_checkpointing=False,
+                                enable_model_summary=False, log_every_n_steps=50), cuda=True)
+    kw.pop("precision"); kw.pop("benchmark")
+    bar = next(c for c in kw["callbacks"] if isinstance(c, LossProgressBar))
+    monkeypatch.setattr(torch.Tensor, "item", lambda self: (reads.__setitem__(0, reads[0] + 1), real(self))[1])
+    t = pl.Trainer(**kw); t.fit(e, _data(400))
+    monkeypatch.undo()
+    assert t.global_step == 100 and reads[0] <= 2, reads           # b1a179a: one per step (prog_bar=True)
+    assert e.host_loss is not None and bar.get_metrics(t, e)["loss"] == f"{e.host_loss:.4g}"

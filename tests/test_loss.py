@@ -40,3 +40,12 @@ def test_l1_loss():
            sigmas=torch.tensor([1.0]), noise=torch.full_like(x0, -0.4))
     # D = c_skip * x_t = 0.2 * -0.1 = -0.02; |D - x0| = 0.32; w = 5
     assert abs(l.item() - 5 * 0.32) < 1e-6
+
+
+def test_add_noise_is_the_forward_process():
+    "x_t = x_0 + σ·ε with σ [B] broadcast over the data dims; float64 σ widens the result."
+    from diffexplore.loss import add_noise
+    x0, eps = torch.ones(2, 3, 4, 4), torch.full((2, 3, 4, 4), 2.0)
+    xt = add_noise(x0, eps, torch.tensor([0.5, 3.0]))
+    assert torch.equal(xt[0], torch.full((3, 4, 4), 2.0)) and torch.equal(xt[1], torch.full((3, 4, 4), 7.0))
+    assert add_noise(x0, eps, torch.tensor([1.0, 1.0], dtype=torch.float64)).dtype == torch.float64
