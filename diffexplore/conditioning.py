@@ -9,6 +9,7 @@ from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
+from fastcore.basics import patch
 from torch import nn, Tensor
 
 from .core import append_dims, instantiate_from_config
@@ -234,30 +235,6 @@ class GeneralConditioner(nn.Module):
             if not emb.is_trainable: emb.requires_grad_(False).eval()
         if ucg_joint: _joint_rate(self.embedders)
 
-    def forward(self, batch: Mapping, # dict holding every embedder's `input_key`
-                force_zero_embeddings: Sequence[str] | None = None, # input keys whose embeddings are zeroed (unconditional)
-                generator: torch.Generator | None = None, # RNG of the dropout masks; default the global torch RNG
-               ) -> dict:
-        force, out = set(force_zero_embeddings or []), {}
-        drops = _drop_masks(self.embedders, batch, self.ucg_joint, generator) if self.training else [None] * len(self.embedders)
-        for emb, drop in zip(self.embedders, drops):
-            for e in _embed(emb, _input(batch, emb), drop, emb.input_key in force): _route(out, e, emb)
-        return out
-
-    def get_unconditional_conditioning(self, batch_c: Mapping, # batch for the conditional branch
-                                       batch_uc: Mapping | None = None, # batch for the unconditional branch; default `batch_c`
-                                       force_uc_zero_embeddings: Sequence[str] | None = None, # input keys zeroed in `uc`
-                                       force_cond_zero_embeddings: Sequence[str] | None = None, # input keys zeroed in `c`
-                                      ) -> tuple[dict, dict]: # (c, uc), each as `forward` returns it
-        "Conditional and unconditional conditioning for guidance, dropout off; every `ucg_rate` is restored afterwards (also on exception)."
-        rates = [emb.ucg_rate for emb in self.embedders]
-        try:
-            for emb in self.embedders: emb.ucg_rate = 0.0
-            c = self(batch_c, force_cond_zero_embeddings)
-            return c, self(batch_c if batch_uc is None else batch_uc, force_uc_zero_embeddings)
-        finally:
-            for emb, rate in zip(self.embedders, rates): emb.ucg_rate = rate
-
     def train(self, mode: bool = True):
         "As `nn.Module.train`, but frozen embedders stay in eval mode."
         super().train(mode)
@@ -266,3 +243,31 @@ class GeneralConditioner(nn.Module):
         return self
 
     def extra_repr(self) -> str: return f"ucg_joint={self.ucg_joint}"
+
+# %% ../nbs/09_conditioning.ipynb #b6370bd7
+@patch
+def forward(self: GeneralConditioner, batch: Mapping, # dict holding every embedder's `input_key`
+            force_zero_embeddings: Sequence[str] | None = None, # input keys whose embeddings are zeroed (unconditional)
+            generator: torch.Generator | None = None, # RNG of the dropout masks; default the global torch RNG
+           ) -> dict:
+    force, out = set(force_zero_embeddings or []), {}
+    drops = _drop_masks(self.embedders, batch, self.ucg_joint, generator) if self.training else [None] * len(self.embedders)
+    for emb, drop in zip(self.embedders, drops):
+        for e in _embed(emb, _input(batch, emb), drop, emb.input_key in force): _route(out, e, emb)
+    return out
+
+# %% ../nbs/09_conditioning.ipynb #d1e89b19
+@patch
+def get_unconditional_conditioning(self: GeneralConditioner, batch_c: Mapping, # batch for the conditional branch
+                                   batch_uc: Mapping | None = None, # batch for the unconditional branch; default `batch_c`
+                                   force_uc_zero_embeddings: Sequence[str] | None = None, # input keys zeroed in `uc`
+                                   force_cond_zero_embeddings: Sequence[str] | None = None, # input keys zeroed in `c`
+                                  ) -> tuple[dict, dict]: # (c, uc), each as `forward` returns it
+    "Conditional and unconditional conditioning for guidance, dropout off; every `ucg_rate` is restored afterwards (also on exception)."
+    rates = [emb.ucg_rate for emb in self.embedders]
+    try:
+        for emb in self.embedders: emb.ucg_rate = 0.0
+        c = self(batch_c, force_cond_zero_embeddings)
+        return c, self(batch_c if batch_uc is None else batch_uc, force_uc_zero_embeddings)
+    finally:
+        for emb, rate in zip(self.embedders, rates): emb.ucg_rate = rate

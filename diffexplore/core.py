@@ -4,15 +4,15 @@
 
 # %% ../nbs/00_core.ipynb #e958e3a3
 from __future__ import annotations
-import importlib, inspect, math, numbers
+import importlib, inspect, math, numbers, re
 from typing import Any, Callable, Mapping
 
 import torch
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['SGM_MODULES', 'append_dims', 'as_sigma', 'check', 'unchecked', 'check_positive', 'check_int', 'Repr',
-           'resolve_target', 'get_obj_from_str', 'instantiate_from_config', 'seed_everything']
+__all__ = ['SGM_MODULES', 'SGM_CLASSES', 'OPENAIUNETWRAPPER', 'append_dims', 'as_sigma', 'check', 'unchecked', 'check_positive',
+           'check_int', 'Repr', 'resolve_target', 'get_obj_from_str', 'instantiate_from_config', 'seed_everything']
 
 # %% ../nbs/00_core.ipynb #4d4728f5
 def append_dims(x: Tensor, # tensor of shape `[B, ...]`, e.g. σ of shape `[B]`
@@ -118,11 +118,21 @@ SGM_MODULES = {
     "sgm.models.diffusion": "diffexplore.engine",
     "sgm.modules.diffusionmodules.sampling": "diffexplore.sampling",
     "sgm.modules.diffusionmodules.guiders": "diffexplore.sampling",
+    "sgm.data.mnist": "diffexplore.data",        # MNISTLoader, reading local idx files
+    "sgm.data.cifar10": "diffexplore.data",      # CIFAR10Loader, reading local python batches
+    "pytorch_lightning.callbacks": "lightning.pytorch.callbacks",   # sgm's configs use Lightning's old package name
 }
 "Map from sgm module paths to the diffexplore module holding the class of the same name."
 
+SGM_CLASSES = {"main.ImageLogger": "diffexplore.engine.ImageLogger"}
+"sgm classes whose module is not a package path (`main` is sgm's training script, `main.py`), mapped one by one."
+
+OPENAIUNETWRAPPER = "sgm.modules.diffusionmodules.wrappers.OpenAIWrapper"
+"The wrapper sgm's `DiffusionEngine` puts around the network when `network_wrapper` is not set (`sgm/modules/diffusionmodules/wrappers.py`)."
+
 def resolve_target(target: str) -> str:
     "Translate an sgm class path (`sgm.modules....EDMScaling`) to ours (`diffexplore.scalings.EDMScaling`); other paths are returned unchanged."
+    if target in SGM_CLASSES: return SGM_CLASSES[target]
     module, _, name = target.rpartition('.')
     return f"{SGM_MODULES[module]}.{name}" if module in SGM_MODULES else target
 
@@ -145,6 +155,15 @@ def _build(v, path: str):
     "Build a target-dict param; lists are passed as they are (sgm's GeneralConditioner reads settings next to each entry's target)."
     return instantiate_from_config(v, path=path) if _is_config(v) else v
 
+def _named(e: Exception, params: dict, written: dict, path: str, target: str, at) -> Exception:
+    "`e` raised again with the key path of the param whose value it names in front, else the object's path."
+    scalars = {k: repr(v) for k, v in params.items() if isinstance(v, (str, int, float)) and not isinstance(v, bool)}
+    named = sorted((k for k, r in scalars.items() if f"{k}={r}" in str(e)), key=lambda k: str(e).index(f"{k}={scalars[k]}"))   # the first `name=value` in the message, else a value on its own
+    bad = (named or [k for k, r in scalars.items() if re.search(rf"(?<![\w.]){re.escape(r)}(?![\w.])", str(e))] or [None])[0]
+    where = at(written[bad]) if bad else f"{path} (target={target!r})"
+    err = type(e)(f"{where}: {e}"); err._config_path = where
+    return err
+
 def _rename_sgm_params(cls, params: dict) -> dict:
     "sgm passes `foo_config` where our constructors take the built object `foo`."
     try: names = set(inspect.signature(cls).parameters)
@@ -155,6 +174,8 @@ def _rename_sgm_params(cls, params: dict) -> dict:
         out[short if short and k not in names and short in names else k] = v
     return out
 
+
+# %% ../nbs/00_core.ipynb #ba4293aa
 def instantiate_from_config(config: Mapping, # `{"target": "module.Class", "params": {...}}`; also an OmegaConf DictConfig
                             path: str = "", # the config's key path (e.g. "model"), named in errors
                            ) -> Any:
@@ -186,7 +207,4 @@ def instantiate_from_config(config: Mapping, # `{"target": "module.Class", "para
     try: return cls(**params)
     except (ValueError, TypeError) as e:
         if getattr(e, "_config_path", None) is not None or not path: raise
-        bad = next((k for k, v in params.items() if isinstance(v, (str, int, float)) and not isinstance(v, bool) and repr(v) in str(e)), None)
-        where = at(written[bad]) if bad else f"{path} (target={target!r})"
-        err = type(e)(f"{where}: {e}"); err._config_path = where
-        raise err from e
+        raise _named(e, params, written, path, target, at) from e

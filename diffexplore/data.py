@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_data.ipynb #94937e41
 from __future__ import annotations
-import gzip, math, struct
+import gzip, math, pickle, struct
 from pathlib import Path
 from typing import Sequence
 
@@ -18,14 +18,16 @@ from lightning.pytorch import LightningDataModule
 import plotly.express as px
 import plotly.graph_objects as go
 from PIL import Image, ImageOps, UnidentifiedImageError
+from fastcore.basics import patch
 
 from .core import Repr, check_int
 
 # %% auto #0
-__all__ = ['RESIZE_MODES', 'FASHION_MNIST_CLASSES', 'FASHION_MNIST_FILES', 'IMAGE_EXTENSIONS', 'DATAMODULES', 'to_model_range',
-           'to_uint8', 'resize_images', 'DictDataset', 'ImageDataModule', 'EpochShuffleSampler', 'DigitsDataModule',
-           'image_grid', 'show_images', 'read_idx', 'FashionMNISTDataModule', 'ImageFolderDataModule',
-           'ArrayDataModule', 'datamodule_from_name']
+__all__ = ['RESIZE_MODES', 'IDX_FILES', 'FASHION_MNIST_FILES', 'FASHION_MNIST_CLASSES', 'CIFAR10_CLASSES', 'CIFAR10_FILES',
+           'IMAGE_EXTENSIONS', 'DATAMODULES', 'to_model_range', 'to_uint8', 'resize_images', 'DictDataset',
+           'ImageDataModule', 'EpochShuffleSampler', 'DigitsDataModule', 'image_grid', 'save_image_grid', 'show_images',
+           'read_idx', 'FashionMNISTDataModule', 'MNISTLoader', 'read_cifar_batch', 'CIFAR10Loader',
+           'ImageFolderDataModule', 'ArrayDataModule', 'datamodule_from_name']
 
 # %% ../nbs/07_data.ipynb #a10a375e
 def to_model_range(x, # pixel values: a numpy array or tensor of any shape, real numbers
@@ -88,10 +90,11 @@ class DictDataset(Dataset):
     def __getitem__(self, i): return {"jpg": self.images[i], "cls": self.labels[i]}
     def __repr__(self): return f"DictDataset(n={len(self)}, image_shape={tuple(self.images.shape[1:])})"
 
-# %% ../nbs/07_data.ipynb #4d8cf3e4
+# %% ../nbs/07_data.ipynb #3bf28607
 class ImageDataModule(Repr, LightningDataModule):
     "Base LightningDataModule over in-memory tensors; batches `{'jpg': float32 [B, C, H, W] in [-1, 1], 'cls': int64 [B]}`."
     name = "images"  # the registry name; also part of the judge's cache key
+    shuffle, drop_last, prefetch_factor = True, True, None   # the training loader's settings (sgm's loaders set their own)
     def __init__(self, batch_size: int = 128, # training batch size (the last incomplete batch is dropped)
                  num_workers: int = 0, # DataLoader worker processes (0: load in the main process)
                  seed: int = 0, # seeds the split and the training loader's shuffling
@@ -124,21 +127,31 @@ class ImageDataModule(Repr, LightningDataModule):
         "Std of all training pixels in [-1, 1]: a hint for σ_data (EDMScaling/EDMWeighting's 0.5 assumes about this)."
         return float(self.train_images().double().std())
 
-    def train_dataloader(self) -> DataLoader:
-        n = len(self.train_images())
-        if n < self.batch_size:
-            raise ValueError(f"batch_size={self.batch_size} is larger than the {n} training images; with drop_last=True no batch would be produced")
-        return StatefulDataLoader(DictDataset(*self._data_split("train")), batch_size=self.batch_size,
-                                  sampler=EpochShuffleSampler(n, self.seed), drop_last=True, num_workers=self.num_workers,
-                                  persistent_workers=self.num_workers > 0)
-    def val_dataloader(self) -> DataLoader: return self._loader("val", shuffle=False, drop_last=False)
-    def test_dataloader(self) -> DataLoader: return self.val_dataloader()
+# %% ../nbs/07_data.ipynb #08a7fc5e
+@patch
+def train_dataloader(self: ImageDataModule) -> DataLoader:
+    n = len(self.train_images())
+    if self.drop_last and n < self.batch_size:
+        raise ValueError(f"batch_size={self.batch_size} is larger than the {n} training images; with drop_last=True no batch would be produced")
+    return StatefulDataLoader(DictDataset(*self._data_split("train")), batch_size=self.batch_size,
+                              sampler=EpochShuffleSampler(n, self.seed) if self.shuffle else None, drop_last=self.drop_last,
+                              **self._worker_args())
 
-    def _loader(self, split, **kw):
-        return DataLoader(DictDataset(*self._data_split(split)), batch_size=self.batch_size, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0, **kw)
-    def _data_split(self, split): self.setup(); return self._data[split]
+@patch
+def val_dataloader(self: ImageDataModule) -> DataLoader: return self._loader("val", shuffle=False, drop_last=False)
+@patch
+def test_dataloader(self: ImageDataModule) -> DataLoader: return self.val_dataloader()
+@patch
+def _loader(self: ImageDataModule, split, **kw):
+    return DataLoader(DictDataset(*self._data_split(split)), batch_size=self.batch_size, **self._worker_args(), **kw)
+@patch
+def _data_split(self: ImageDataModule, split): self.setup(); return self._data[split]
+@patch
+def _worker_args(self: ImageDataModule) -> dict:
+    w = self.num_workers
+    return dict(num_workers=w, persistent_workers=w > 0, **({"prefetch_factor": self.prefetch_factor} if w and self.prefetch_factor else {}))
 
+# %% ../nbs/07_data.ipynb #f553f684
 def _check_split(split, x, y):
     "The contract every datamodule's data meets; a violation here is a bug in the loader, so it names the split."
     if x.ndim != 4 or x.dtype != torch.float32 or x.shape[-1] != x.shape[-2]:
@@ -224,6 +237,19 @@ def image_grid(images: Tensor | np.ndarray, # [N, C, H, W] with C in {1, 3}, val
         grid[pad + r * (h + pad):(r + 1) * (h + pad), pad + q * (w + pad):(q + 1) * (w + pad)] = img
     return grid
 
+# %% ../nbs/07_data.ipynb #98a79e33
+def save_image_grid(images: Tensor, # [N, C, H, W] in [-1, 1], C = 1 or 3
+                    path, # PNG file to write (folders are created)
+                    nrow: int | None = 8, # images per row
+                    min_size: int = 64, # tiny images are enlarged (nearest) to at least this many pixels each
+                   ) -> Path:
+    "Save `images` as one PNG grid (`image_grid`); raises its `ValueError` for a bad shape or non-finite pixels."
+    grid = image_grid(images, nrow=nrow)
+    k = max(1, min_size // images.shape[-1])
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid).resize((grid.shape[1] * k, grid.shape[0] * k), Image.NEAREST).save(path)
+    return path
+
 # %% ../nbs/07_data.ipynb #69b29368
 def show_images(images: Tensor, # float [N, C, H, W] in [-1, 1], C = 1 or 3
                 labels: Tensor | None = None, # [N] class indices shown as titles
@@ -258,10 +284,30 @@ def read_idx(path, # an idx file (`.gz` or raw), e.g. `train-images-idx3-ubyte.g
         raise ValueError(f"{path}: header says shape {shape} but the file holds {len(data) - 4 - 4 * ndim} values")
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape).copy()  # a writable array
 
-# %% ../nbs/07_data.ipynb #a7a3f1fe
+# %% ../nbs/07_data.ipynb #453dc69b
+IDX_FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
+             "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
+"The four idx files of MNIST and of Fashion-MNIST (the same names and format), each `.gz` or raw."
+FASHION_MNIST_FILES = IDX_FILES
+
+def _find_files(roots, names: dict) -> dict[str, Path] | None:
+    "`{key: path}` from the first folder of `roots` holding one of `names[key]` (candidate file names) for every key; None if none does."
+    for root in map(Path, roots):
+        found = {k: next((root / n for n in ns if (root / n).is_file()), None) for k, ns in names.items()}
+        if all(found.values()): return found
+    return None
+
+def _idx_names() -> dict: return {k: (s + ".gz", s) for k, s in IDX_FILES.items()}
+
+def _idx_pair(images_path, labels_path, n=None) -> tuple[Tensor, Tensor]:
+    "Images float32 `[N, 1, H, W]` in [-1, 1] (`p/127.5 − 1`) and labels int64 `[N]` from two idx files (the first `n`)."
+    x, y = read_idx(images_path)[:n], read_idx(labels_path)[:n]
+    if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
+        raise ValueError(f"{images_path} and {labels_path} do not match: shapes {x.shape} and {y.shape}")
+    return to_model_range(x[:, None]), torch.as_tensor(y.astype(np.int64))
+
+# %% ../nbs/07_data.ipynb #169343ec
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
-FASHION_MNIST_FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
-                       "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
 
 class FashionMNISTDataModule(ImageDataModule):
     "Fashion-MNIST (60,000 train / 10,000 test, 28×28 grey, 10 classes) from local idx files; the official test split is held out."
@@ -277,34 +323,110 @@ class FashionMNISTDataModule(ImageDataModule):
 
     def files(self) -> dict[str, Path]:
         "The four idx files. Raises `FileNotFoundError` naming `root` and how to get them when any is missing."
-        root, found, missing = Path(self.root), {}, []
-        for key, stem in FASHION_MNIST_FILES.items():
-            p = next((root / f for f in (stem + ".gz", stem) if (root / f).is_file()), None)
-            if p is None: missing.append(stem + ".gz")
-            else: found[key] = p
-        if missing:
+        found = _find_files([self.root], _idx_names())
+        if found is None:
+            missing = [ns[0] for ns in _idx_names().values() if not any((Path(self.root) / n).is_file() for n in ns)]
             raise FileNotFoundError(
                 f"Fashion-MNIST not found in root={str(self.root)!r}: missing {', '.join(missing)}. "
                 f"On Debian: `apt-get install dataset-fashion-mnist` (installs them in /usr/share/datasets/fashion-mnist), "
-                f"or pass root= a folder holding the four idx files "
-                f"({', '.join(s + '.gz' for s in FASHION_MNIST_FILES.values())}).")
+                f"or pass root= a folder holding the four idx files ({', '.join(s + '.gz' for s in IDX_FILES.values())}).")
         return found
 
     def prepare_data(self): self.files()
 
     def _load(self):
         f = self.files()
-        n = self.subset
-        return {"train": self._pair(f["train_images"], f["train_labels"], n), "val": self._pair(f["test_images"], f["test_labels"])}
+        (x, y), val = _idx_pair(f["train_images"], f["train_labels"], self.subset), _idx_pair(f["test_images"], f["test_labels"])
+        pad = lambda t: resize_images(t, 32) if self.pad_to_32 else t
+        return {"train": (pad(x), y), "val": (pad(val[0]), val[1])}
 
-    def _pair(self, images_path, labels_path, n=None):
-        x, y = read_idx(images_path)[:n], read_idx(labels_path)[:n]
-        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
-            raise ValueError(f"{images_path} and {labels_path} do not match: shapes {x.shape} and {y.shape}")
-        x = to_model_range(x[:, None])
-        return resize_images(x, 32) if self.pad_to_32 else x, torch.as_tensor(y.astype(np.int64))
+# %% ../nbs/07_data.ipynb #aff3fb2e
+class MNISTLoader(ImageDataModule):
+    """sgm's `MNISTLoader` (`sgm/data/mnist.py`) from local MNIST-format idx files: 28×28 grey, 10 classes, pixels
+    `p/127.5 − 1`, batches `{"jpg": float32 [B, 1, 28, 28], "cls": int64 [B]}`; the t10k files are the held-out split.
+    sgm's loader settings: `shuffle` (a new order each epoch), the last short batch kept, `prefetch_factor` with workers.
+    Raises `FileNotFoundError` (one line: where it looked, and `data.params.root=`) when the files are missing."""
+    name, drop_last = "mnist", False
+    def __init__(self, batch_size: int, num_workers: int = 0,
+                 prefetch_factor: int | None = 2, # batches each worker loads ahead (used only with num_workers > 0)
+                 shuffle: bool = True, # shuffle the training set each epoch (False: file order)
+                 root: str = ".data", # the idx files' folder, or torchvision's root holding MNIST/raw (sgm's `.data/`)
+                 seed: int = 0):
+        super().__init__(batch_size, num_workers, seed)
+        self.root, self.prefetch_factor, self.shuffle = root, _check_prefetch(prefetch_factor), _check_bool(shuffle, "shuffle")
+        self._class_names = [str(i) for i in range(10)]
 
-# %% ../nbs/07_data.ipynb #f089bc84
+    def _roots(self) -> list[Path]: return [Path(self.root), Path(self.root) / "MNIST" / "raw"]
+    def files(self) -> dict[str, Path]:
+        found = _find_files(self._roots(), _idx_names())
+        if found is None:
+            raise FileNotFoundError(
+                f"MNIST idx files ({', '.join(IDX_FILES.values())}, .gz or raw) not found in root={str(self.root)!r} nor in "
+                f"{str(self._roots()[1])!r}; diffexplore downloads nothing: pass data.params.root=<a folder holding them> "
+                f"(Fashion-MNIST's files, e.g. /usr/share/datasets/fashion-mnist, have the same names and format)")
+        return found
+
+    def prepare_data(self): self.files()
+    def _load(self):
+        f = self.files()
+        return {"train": _idx_pair(f["train_images"], f["train_labels"]), "val": _idx_pair(f["test_images"], f["test_labels"])}
+
+def _check_prefetch(v): return None if v is None else check_int(v, "prefetch_factor", 1)
+def _check_bool(v, name: str) -> bool:
+    if not isinstance(v, (bool, np.bool_)): raise ValueError(f"{name} must be true or false; got {name}={v!r}")
+    return bool(v)
+
+# %% ../nbs/07_data.ipynb #b395776a
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR10_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
+
+def read_cifar_batch(path, # a CIFAR-10 python batch, e.g. `cifar-10-batches-py/data_batch_1`
+                    ) -> tuple[np.ndarray, np.ndarray]: # images uint8 [N, 3, 32, 32], labels int64 [N]
+    "One CIFAR-10 python batch: a pickled dict with `data` uint8 `[N, 3072]` (R, G, B planes) and `labels` `[N]`. Raises `ValueError` naming the file otherwise."
+    try:
+        with open(path, "rb") as f: d = pickle.load(f, encoding="bytes")
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e: raise ValueError(f"{path} is not a CIFAR-10 python batch: {e}") from e
+    d = {(k.decode() if isinstance(k, bytes) else k): v for k, v in d.items()} if isinstance(d, dict) else {}
+    x, y = np.asarray(d.get("data", [])), np.asarray(d.get("labels", []))
+    if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3 * 32 * 32 or y.shape != (len(x),) or y.dtype.kind not in "iu":
+        raise ValueError(f"{path} is not a CIFAR-10 python batch: need 'data' uint8 [N, 3072] and N int 'labels'; "
+                         f"got data {x.dtype} {x.shape}, labels {y.dtype} {y.shape}")
+    return x.reshape(-1, 3, 32, 32), y.astype(np.int64)
+
+# %% ../nbs/07_data.ipynb #0a1b88bf
+class CIFAR10Loader(ImageDataModule):
+    """sgm's `CIFAR10Loader` (`sgm/data/cifar10.py`) from CIFAR-10's local python batches: 50,000 train (`data_batch_1`
+    … `_5`) / 10,000 held out (`test_batch`), 32×32 RGB, 10 classes, pixels `p/127.5 − 1`, batches
+    `{"jpg": float32 [B, 3, 32, 32], "cls": int64 [B]}`; sgm's loader settings as `MNISTLoader`'s.
+    Raises `FileNotFoundError` (one line: where it looked, and `data.params.root=`) when a file is missing."""
+    name, drop_last = "cifar10", False
+    def __init__(self, batch_size: int, num_workers: int = 0,
+                 prefetch_factor: int | None = 2, # batches each worker loads ahead (used only with num_workers > 0)
+                 shuffle: bool = True, # shuffle the training set each epoch (False: file order)
+                 root: str = ".data", # the batches' folder, or torchvision's root holding cifar-10-batches-py (sgm's `.data/`)
+                 seed: int = 0):
+        super().__init__(batch_size, num_workers, seed)
+        self.root, self.prefetch_factor, self.shuffle = root, _check_prefetch(prefetch_factor), _check_bool(shuffle, "shuffle")
+        self._class_names = list(CIFAR10_CLASSES)
+
+    def files(self) -> dict[str, Path]:
+        roots = [Path(self.root), Path(self.root) / "cifar-10-batches-py"]
+        found = _find_files(roots, {n: (n,) for n in CIFAR10_FILES})
+        if found is None:
+            raise FileNotFoundError(
+                f"CIFAR-10 python batches ({', '.join(CIFAR10_FILES)}) not found in root={str(self.root)!r} nor in "
+                f"{str(roots[1])!r}; diffexplore downloads nothing: pass data.params.root=<a folder holding them> "
+                f"(the folder cifar-10-batches-py of https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz)")
+        return found
+
+    def prepare_data(self): self.files()
+    def _load(self):
+        f = self.files()
+        pairs = [read_cifar_batch(f[n]) for n in CIFAR10_FILES]
+        as_split = lambda ps: (to_model_range(np.concatenate([p[0] for p in ps])), torch.as_tensor(np.concatenate([p[1] for p in ps])))
+        return {"train": as_split(pairs[:5]), "val": as_split(pairs[5:])}
+
+# %% ../nbs/07_data.ipynb #fa40b269
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
 class ImageFolderDataModule(ImageDataModule):
@@ -320,21 +442,6 @@ class ImageFolderDataModule(ImageDataModule):
         self.root, self.image_size_arg, self.channels_arg, self.val_fraction = root, _check_size(image_size), channels, val_fraction
         _split(1, val_fraction, seed)
 
-    def scan(self) -> tuple[list[Path], list[int], list[str] | None]:
-        "(files, labels, class names or None). Raises `FileNotFoundError`/`ValueError` naming the folder when there is nothing to load."
-        root = Path(self.root)
-        if not root.is_dir(): raise FileNotFoundError(f"image folder root={str(self.root)!r} does not exist or is not a folder")
-        subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-        if not subdirs: return _images_in(root), [0] * len(_images_in(root)), None
-        if _images_in(root):
-            raise ValueError(f"folder {root} has both class subfolders and loose images ({_images_in(root)[0].name}, ...); move the images into class folders")
-        files, labels = [], []
-        for i, d in enumerate(subdirs):
-            fs = _images_in(d, recursive=True)
-            if not fs: raise ValueError(f"class folder {d} has no PNG/JPEG images ({', '.join(IMAGE_EXTENSIONS)})")
-            files += fs; labels += [i] * len(fs)
-        return files, labels, [d.name for d in subdirs]
-
     def _load(self):
         files, labels, self._class_names = self.scan()
         if not files: raise ValueError(f"no PNG/JPEG images ({', '.join(IMAGE_EXTENSIONS)}) found in folder {self.root}")
@@ -347,6 +454,24 @@ class ImageFolderDataModule(ImageDataModule):
         return (f"ImageFolderDataModule(root={str(self.root)!r}, image_size={self.image_size_arg}, channels={self.channels_arg}, "
                 f"val_fraction={self.val_fraction}, batch_size={self.batch_size}, num_workers={self.num_workers}, seed={self.seed})")
 
+# %% ../nbs/07_data.ipynb #c21e1807
+@patch
+def scan(self: ImageFolderDataModule) -> tuple[list[Path], list[int], list[str] | None]:
+    "(files, labels, class names or None). Raises `FileNotFoundError`/`ValueError` naming the folder when there is nothing to load."
+    root = Path(self.root)
+    if not root.is_dir(): raise FileNotFoundError(f"image folder root={str(self.root)!r} does not exist or is not a folder")
+    subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not subdirs: return _images_in(root), [0] * len(_images_in(root)), None
+    if _images_in(root):
+        raise ValueError(f"folder {root} has both class subfolders and loose images ({_images_in(root)[0].name}, ...); move the images into class folders")
+    files, labels = [], []
+    for i, d in enumerate(subdirs):
+        fs = _images_in(d, recursive=True)
+        if not fs: raise ValueError(f"class folder {d} has no PNG/JPEG images ({', '.join(IMAGE_EXTENSIONS)})")
+        files += fs; labels += [i] * len(fs)
+    return files, labels, [d.name for d in subdirs]
+
+# %% ../nbs/07_data.ipynb #c2fde878
 def _images_in(folder: Path, recursive: bool = False) -> list[Path]:
     it = folder.rglob("*") if recursive else folder.iterdir()
     return sorted(p for p in it if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
@@ -361,7 +486,7 @@ def _read_image(path: Path, size: int, channels: int) -> Tensor:
         raise ValueError(f"cannot read image file {path}: {e}") from e
     return to_model_range(a[None] if channels == 1 else a.transpose(2, 0, 1))
 
-# %% ../nbs/07_data.ipynb #63497d94
+# %% ../nbs/07_data.ipynb #b1d94542
 class ArrayDataModule(ImageDataModule):
     "Images from arrays `[N, H, W]`, `[N, C, H, W]` (or `[N, H, W, C]` with `channels_last`) in `value_range`, optional int labels `[N]`."
     name = "arrays"
@@ -387,6 +512,7 @@ class ArrayDataModule(ImageDataModule):
                 f"value_range={self.value_range!r}, num_classes={self.num_classes}, val_fraction={self.val_fraction}, "
                 f"batch_size={self.batch_size}, seed={self.seed})")
 
+# %% ../nbs/07_data.ipynb #bd83b04d
 def _as_nchw(images, channels_last: bool) -> np.ndarray:
     a = images.detach().cpu().numpy() if isinstance(images, Tensor) else np.asarray(images)
     if a.dtype.kind not in "biuf": raise TypeError(f"images must be an array of real numbers; got images.dtype={a.dtype}")
@@ -412,9 +538,10 @@ def _as_labels(labels, n: int, class_names):
 
 # %% ../nbs/07_data.ipynb #c06cf3e9
 DATAMODULES = {"digits": DigitsDataModule, "fashion_mnist": FashionMNISTDataModule,
-               "folder": ImageFolderDataModule, "arrays": ArrayDataModule}
+               "folder": ImageFolderDataModule, "arrays": ArrayDataModule,
+               "mnist": MNISTLoader, "cifar10": CIFAR10Loader}
 
-def datamodule_from_name(name: str, # "digits", "fashion_mnist" (or "fashion-mnist"), "folder" or "arrays"
+def datamodule_from_name(name: str, # "digits", "fashion_mnist" (or "fashion-mnist"), "folder", "arrays", "mnist", "cifar10"
                          **kw) -> ImageDataModule:
     "Build a registered datamodule by name with keyword arguments `kw`. Raises `ValueError` for an unknown name."
     key = str(name).lower().replace("-", "_")

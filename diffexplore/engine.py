@@ -4,27 +4,34 @@
 
 # %% ../nbs/11_engine.ipynb #1e78fde5
 from __future__ import annotations
-import math, random, threading
-from contextlib import contextmanager
+import csv, inspect, math, random, threading
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
 import numpy as np
 import torch
 from torch import nn, Tensor
 import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback, OnExceptionCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.fabric.loggers.logger import rank_zero_experiment
 from fastcore.basics import patch
-from .core import Repr, unchecked, _call_overridden
+from .core import Repr, unchecked, _call_overridden, get_obj_from_str, OPENAIUNETWRAPPER
 
 # %% auto #0
 __all__ = ['DEFAULT_SIGMA_EDGES', 'FAST_SWITCHES', 'ema_decay', 'LitEma', 'sigma_bucket_names', 'loss_per_sigma_bucket',
-           'CompiledStep', 'DiffusionEngine', 'NonFiniteLossError', 'conditioner_classes', 'fast_gpu_settings',
-           'LossProgressBar']
+           'CompiledStep', 'wrap_network', 'DiffusionEngine', 'NonFiniteLossError', 'conditioner_classes',
+           'LossProgressBar', 'fast_gpu_settings', 'class_balanced_labels', 'SampleGridCallback', 'FinalCheckpoint',
+           'InterruptCheckpoint', 'KeepingCSVLogger', 'ImageLogger']
 
-# %% ../nbs/11_engine.ipynb #cf5de808
+# %% ../nbs/11_engine.ipynb #bdc536b8
 def ema_decay(decay: float, # the configured maximum decay d in [0, 1)
               num_updates: int, # update count n ≥ 1 (incremented before use)
              ) -> float:
     "Warm-up decay `min(d, (1 + n)/(10 + n))`. Source: `sgm/modules/ema.py: LitEma.forward`."
     return min(decay, (1 + num_updates) / (10 + num_updates))
 
+# %% ../nbs/11_engine.ipynb #09323b30
 class LitEma(nn.Module):
     """Float32 exponential moving average of a module's trainable parameters, with sgm's warm-up decay.
 
@@ -45,23 +52,26 @@ class LitEma(nn.Module):
     def _key(name): return "shadow_" + name.replace(".", "__")
     def shadows(self) -> list[Tensor]: return [getattr(self, self._key(n)) for n in self._names]
     def _params(self, model): d = dict(model.named_parameters()); return [d[n] for n in self._names]
-
-    def current_decay(self) -> float:
-        "The decay the next update will use."
-        return ema_decay(self.decay, self._count() + 1) if self.use_num_updates else self.decay
-
-    def _count(self) -> int:
-        "num_updates; on a GPU read from the device once (after creation or loading), then kept on the host: no per-step sync."
-        if self._n is None or self.num_updates.device.type == "cpu": self._n = int(self.num_updates)
-        return self._n
-
-    @torch.no_grad()
-    def forward(self, model: nn.Module):
-        d, n = self.current_decay(), self._count()
-        self.num_updates += 1; self._n = n + 1
-        torch._foreach_lerp_(self.shadows(), [p.detach().float() for p in self._params(model)], 1.0 - d)
-
     def extra_repr(self): return f"decay={self.decay}, num_updates={int(self.num_updates)}, params={len(self._names)}"
+
+# %% ../nbs/11_engine.ipynb #ece3ca7f
+@patch
+def current_decay(self: LitEma) -> float:
+    "The decay the next update will use."
+    return ema_decay(self.decay, self._count() + 1) if self.use_num_updates else self.decay
+
+@patch
+def _count(self: LitEma) -> int:
+    "num_updates; on a GPU read from the device once (after creation or loading), then kept on the host: no per-step sync."
+    if self._n is None or self.num_updates.device.type == "cpu": self._n = int(self.num_updates)
+    return self._n
+
+@patch
+@torch.no_grad()
+def forward(self: LitEma, model: nn.Module):
+    d, n = self.current_decay(), self._count()
+    self.num_updates += 1; self._n = n + 1
+    torch._foreach_lerp_(self.shadows(), [p.detach().float() for p in self._params(model)], 1.0 - d)
 
 # %% ../nbs/11_engine.ipynb #c513975b
 @patch
@@ -140,12 +150,35 @@ class CompiledStep:
 
     def __repr__(self): return f"CompiledStep(cuda_graphs={self.cuda_graphs}, graphs={self.graphs}, shape={self.shape})"
 
-# %% ../nbs/11_engine.ipynb #b1b02bdb
+# %% ../nbs/11_engine.ipynb #f2a3d4f8
+def _is_wrapper(network) -> bool:
+    "sgm's wrappers and diffexplore's (`networks.IdentityWrapper`, `OpenAIWrapper`) hold the network as `diffusion_model`."
+    return isinstance(getattr(network, "diffusion_model", None), nn.Module)
+
+def wrap_network(network: nn.Module, # the network F: a raw one (a diffusers or sgm U-Net, anyone's module), or a wrapper
+                 network_wrapper: str = None, # class path of the wrapper (sgm's or ours); None: sgm's `OpenAIWrapper`
+                 compile_model: bool = False, # `torch.compile` the network inside the wrapper, as sgm's wrappers do
+                ) -> nn.Module: # a wrapper with sgm's call `(x, c_noise, cond) -> F`
+    """`network` inside `network_wrapper(network, compile_model=compile_model)`, as sgm's `DiffusionEngine` builds
+    `self.model` (`sgm/models/diffusion.py`; the default `OPENAIUNETWRAPPER`, `sgm/modules/diffusionmodules/wrappers.py`).
+    A network that already is a wrapper (diffexplore's configs build `diffexplore.networks.OpenAIWrapper` as the
+    network) is returned as it is, so its state_dict keys stay `diffusion_model.…`. Raises `ValueError` when
+    `network_wrapper` names another class than that wrapper's, or `compile_model=True` would not reach its network."""
+    if not _is_wrapper(network): return get_obj_from_str(network_wrapper or OPENAIUNETWRAPPER)(network, compile_model=compile_model)
+    if network_wrapper is not None and type(network) is not get_obj_from_str(network_wrapper):
+        raise ValueError(f"network is already a wrapper ({type(network).__name__}); network_wrapper={network_wrapper!r} would wrap it twice: "
+                         f"drop network_wrapper or build the raw network")
+    if compile_model and not getattr(network, "compile_model", False):
+        raise ValueError(f"compile_model=True does not reach the network inside {type(network).__name__}: set compile_model on that wrapper")
+    return network
+
+# %% ../nbs/11_engine.ipynb #9260ef42
 class DiffusionEngine(pl.LightningModule):
     """sgm's diffusion LightningModule: first stage → loss_fn(network, denoiser, conditioner) → AdamW, EMA, sampling.
 
     Components (objects; from an sgm config `*_config` dicts are built and passed by name), each any object with
-    its family's sgm call, a user's own callables included: `network(x, c_noise, cond) -> F`;
+    its family's sgm call, a user's own callables included: `network`, wrapped as sgm wraps it (`wrap_network`), so
+    that `self.model(x, c_noise, cond) -> F`;
     `denoiser(network, x_t, σ, cond) -> D`; `loss_fn(network, denoiser, conditioner, z, batch) -> loss [B]`
     (with `prepare`/`loss`, as `StandardDiffusionLoss` has, the engine compiles the formula and logs the loss
     per σ); `conditioner(batch) -> cond` or `None`; `first_stage` with `encode/decode` or `None` (pixel space);
@@ -155,25 +188,19 @@ class DiffusionEngine(pl.LightningModule):
     used by `sample()` by default. `input_key`: batch key of the images. `sample_shape`: (C, H, W) of the
     diffusion space (set from the first batch when `None`). Logs `train/loss`, `train/lr`, `train/ema_decay`,
     `loss_sigma/<bucket>`. Raises `NonFiniteLossError` on a NaN/inf loss, `ValueError` for a bad `lr`/`warmup_steps`.
-    GPU switches (a switch left `None` is on with CUDA and off on the CPU; measured in BENCHMARKS.md):
-    `sync_checks=False` checks the loss for NaN/inf on the device and raises one step later, with host-side values
-    logged only on the steps the loggers write (`deferred_checks`; the loss is then shown in the progress bar as
-    `host_loss`, a float read on those steps); `fused_optimizer`: fused AdamW (without it
-    the NaN check syncs each step); `compile_step`: `torch.compile` of `loss_fn.loss` (`CompiledStep`);
-    `cuda_graphs`: its replay as CUDA graphs, where `CompiledStep`'s policy allows; `channels_last` (default
-    off, slower in eager mode): NHWC memory format for network and input.
+    GPU switches `sync_checks`, `fused_optimizer`, `compile_step`, `cuda_graphs`, `channels_last`: see above.
     Source: `sgm/models/diffusion.py: DiffusionEngine`."""
     def __init__(self, network: nn.Module, denoiser: nn.Module, loss_fn, conditioner: nn.Module = None,
                  first_stage: nn.Module = None, sampler=None, lr: float = 1e-4, betas=(0.9, 0.999),
                  weight_decay: float = 0.0, warmup_steps: int = 0, use_ema: bool = True,
                  ema_decay_rate: float = 0.9999, input_key: str = "jpg", sample_shape=None,
-                 sigma_bucket_edges=DEFAULT_SIGMA_EDGES, compile_model: bool = False,
+                 sigma_bucket_edges=DEFAULT_SIGMA_EDGES, compile_model: bool = False, network_wrapper: str = None,
                  sync_checks: bool = None, fused_optimizer: bool = None, compile_step: bool = None,
                  cuda_graphs: bool = None, channels_last: bool = False):
         super().__init__()
         if not lr > 0: raise ValueError(f"lr must be > 0; got lr={lr!r}")
         if int(warmup_steps) < 0: raise ValueError(f"warmup_steps must be >= 0; got warmup_steps={warmup_steps!r}")
-        self.model = network
+        self.model = wrap_network(network, network_wrapper, compile_model)
         self.denoiser, self.loss_fn, self.conditioner, self.first_stage = denoiser, loss_fn, conditioner, first_stage
         self.sampler = sampler
         self.lr, self.betas, self.weight_decay, self.warmup_steps = lr, tuple(betas), weight_decay, int(warmup_steps)
@@ -186,21 +213,26 @@ class DiffusionEngine(pl.LightningModule):
         self.cuda_graphs, self.channels_last = cuda_graphs, channels_last
         self._pending, self.compiled_step, self.host_loss = None, None, None
 
-    def get_input(self, batch: dict) -> Tensor: return batch[self.input_key]
+# %% ../nbs/11_engine.ipynb #cfdbc17f
+@patch
+def get_input(self: DiffusionEngine, batch: dict) -> Tensor: return batch[self.input_key]
 
-    @torch.no_grad()
-    def encode_first_stage(self, x: Tensor) -> Tensor:
-        return x if self.first_stage is None else self.first_stage.encode(x)
+@patch
+@torch.no_grad()
+def encode_first_stage(self: DiffusionEngine, x: Tensor) -> Tensor:
+    return x if self.first_stage is None else self.first_stage.encode(x)
 
-    @torch.no_grad()
-    def decode_first_stage(self, z: Tensor) -> Tensor:
-        return z if self.first_stage is None else self.first_stage.decode(z)
+@patch
+@torch.no_grad()
+def decode_first_stage(self: DiffusionEngine, z: Tensor) -> Tensor:
+    return z if self.first_stage is None else self.first_stage.decode(z)
 
-    def __getstate__(self) -> dict:
-        "As LightningModule's, without the compiled step: it is bound to this object (pickle, copy, deepcopy)."
-        return {**super().__getstate__(), "compiled_step": None}
+@patch
+def __getstate__(self: DiffusionEngine) -> dict:
+    "As LightningModule's, without the compiled step: it is bound to this object (pickle, copy, deepcopy)."
+    return {**pl.LightningModule.__getstate__(self), "compiled_step": None}
 
-# %% ../nbs/11_engine.ipynb #af5e2d30
+# %% ../nbs/11_engine.ipynb #005c08d1
 def _splits(loss_fn) -> bool:
     "Run `loss_fn` as `prepare` + `loss`? Only where it has both and no subclass overrides its call or `loss_and_sigmas` below them."
     return hasattr(loss_fn, "prepare") and hasattr(loss_fn, "loss") and \
@@ -230,6 +262,7 @@ def shared_step(self: DiffusionEngine, batch: dict):
     batch["global_step"] = self.global_step
     return self(z, batch)
 
+# %% ../nbs/11_engine.ipynb #95ec371f
 @patch
 def training_step(self: DiffusionEngine, batch: dict, batch_idx: int) -> Tensor:
     self._raise_pending_nonfinite()
@@ -415,7 +448,7 @@ def sample(self: DiffusionEngine, cond: dict, uc: dict = None, batch_size: int =
             return self.sampler(denoise, randn, cond, uc=uc)
     finally: self.train(was_training)
 
-# %% ../nbs/11_engine.ipynb #76914b73
+# %% ../nbs/11_engine.ipynb #ab619652
 @patch
 @torch.no_grad()
 def generate(self: DiffusionEngine, n: int, class_labels=None, use_ema: bool = True, seed: int = None) -> Tensor:
@@ -433,19 +466,23 @@ def generate(self: DiffusionEngine, n: int, class_labels=None, use_ema: bool = T
     z = self.sample(c, uc=uc, batch_size=n, use_ema=use_ema, generator=g)
     return self.decode_first_stage(z).clamp(-1, 1)
 
+# %% ../nbs/11_engine.ipynb #9d523c11
 @patch
 @torch.no_grad()
-def log_images(self: DiffusionEngine, batch: dict, N: int = 8, sample: bool = True, seed: int = 0) -> dict:
+def log_images(self: DiffusionEngine, batch: dict, N: int = 8, sample: bool = True, seed: int = 0,
+               use_ema_scope: bool = True, # sample with the EMA weights (when there are some)
+              ) -> dict:
     """Images for logging, as sgm's `log_images`: `"inputs"` (the batch's first `N` images), `"reconstructions"`
-    (through the first stage, when there is one) and `"samples"` (generated with the same class labels,
-    EMA weights). Each `[n, C, H, W]` float32 in [-1, 1]. Source: `sgm/models/diffusion.py: log_images`."""
+    (through the first stage, when there is one) and `"samples"` (generated with the same class labels, EMA weights
+    unless `use_ema_scope=False`; sgm's own `log_images` swallows that key and always samples in its EMA scope).
+    Each `[n, C, H, W]` float32 in [-1, 1]. Source: `sgm/models/diffusion.py: log_images`."""
     x = self.get_input(batch)[:N].to(self.device)
     out = {"inputs": x.float().clamp(-1, 1)}
     if self.first_stage is not None and not _is_identity(self.first_stage):
         out["reconstructions"] = self.decode_first_stage(self.encode_first_stage(x)).float().clamp(-1, 1)
     if sample:
         labels = batch["cls"][:len(x)] if "cls" in batch and self.conditioner is not None else None
-        out["samples"] = self.generate(len(x), class_labels=labels, seed=seed)
+        out["samples"] = self.generate(len(x), class_labels=labels, seed=seed, use_ema=use_ema_scope)
     return out
 
 @patch
@@ -470,7 +507,35 @@ def conditioner_classes(conditioner) -> int | None:
         if isinstance(n, int) and n > 0: return n
     return None
 
-# %% ../nbs/11_engine.ipynb #535fabe8
+# %% ../nbs/11_engine.ipynb #eeef28e4
+class LossProgressBar(pl.callbacks.TQDMProgressBar):
+    """Lightning's TQDM bar over the run's optimizer steps: total `trainer.estimated_stepping_batches` (`max_steps`, or
+    what `max_epochs` gives; Lightning's per-epoch bar when neither bounds the run), position `trainer.global_step`,
+    ETA from this run's rate, description `Epoch <e>`; `loss` is the engine's `host_loss` when it has one."""
+    def on_train_start(self, trainer, pl_module):
+        super().on_train_start(trainer, pl_module)
+        total = trainer.estimated_stepping_batches
+        self.steps = int(total) if math.isfinite(total) else None
+        if self.steps is not None:
+            bar = self.train_progress_bar; bar.reset(total=self.steps)
+            bar.initial = bar.n = bar.last_print_n = trainer.global_step    # tqdm's rate: (n − initial) / elapsed
+
+    def on_train_epoch_start(self, trainer, *args):
+        if getattr(self, "steps", None) is None: return super().on_train_epoch_start(trainer, *args)
+        self.train_progress_bar.set_description(f"Epoch {trainer.current_epoch}")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if getattr(self, "steps", None) is None: return super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        bar, n = self.train_progress_bar, trainer.global_step
+        if self._should_update(n, self.steps) and not bar.disable:
+            bar.n = n; bar.refresh(); bar.set_postfix(self.get_metrics(trainer, pl_module))
+
+    def get_metrics(self, trainer, pl_module) -> dict:
+        m = super().get_metrics(trainer, pl_module)
+        if getattr(pl_module, "host_loss", None) is not None: m["loss"] = f"{pl_module.host_loss:.4g}"
+        return m
+
+# %% ../nbs/11_engine.ipynb #08361a00
 FAST_SWITCHES = ("bf16", "tf32", "benchmark", "compile", "cuda_graphs", "async_checks")
 "Names of the fast GPU settings that `fast_gpu_settings(off=...)` can turn off (or `'all'`)."
 
@@ -498,15 +563,137 @@ def fast_gpu_settings(trainer_kwargs: dict, # keyword arguments for `pl.Trainer`
         kw["callbacks"] = [*kw.get("callbacks", []), LossProgressBar(refresh_rate=int(kw.get("log_every_n_steps") or 50))]
     return kw
 
-class LossProgressBar(pl.callbacks.TQDMProgressBar):
-    """Lightning's TQDM bar, with the engine's `host_loss` (the loss read on the steps the loggers write) as `loss`:
-    a metric logged with `prog_bar=True` is read back from the GPU at every step, which would wait for it."""
-    def get_metrics(self, trainer, pl_module) -> dict:
-        m = super().get_metrics(trainer, pl_module)
-        if getattr(pl_module, "host_loss", None) is not None: m["loss"] = f"{pl_module.host_loss:.4g}"
-        return m
-
 def _switches_off(engine: DiffusionEngine, off: set):
     if "compile" in off: engine.compile_step = False
     if "cuda_graphs" in off: engine.cuda_graphs = False
     if "async_checks" in off: engine.sync_checks = True
+
+# %% ../nbs/11_engine.ipynb #e60b8432
+def class_balanced_labels(num_classes: int, per_class: int) -> Tensor:
+    "Labels `[num_classes·per_class]`: `per_class` of each class, class-major (one grid row per class)."
+    return torch.arange(num_classes).repeat_interleave(per_class)
+
+class SampleGridCallback(Callback):
+    "Every `every_n_steps` optimizer steps (and at the end), save `out_dir/step_XXXXXX.png` of samples, a row per class."
+    def __init__(self, out_dir, every_n_steps: int = 1000, per_class: int = 8, num_classes: int = None, seed: int = 0):
+        self.out_dir, self.every, self.per_class, self.num_classes, self.seed = Path(out_dir), int(every_n_steps), per_class, num_classes, seed
+        self.saved = []
+    def _save(self, pl_module, step):
+        from diffexplore.data import save_image_grid   # PIL and plotly: only when a grid is written
+        labels = class_balanced_labels(self.num_classes, self.per_class) if self.num_classes else None
+        n = len(labels) if labels is not None else self.per_class * 8
+        imgs = pl_module.generate(n, class_labels=labels, seed=self.seed)
+        self.saved.append(save_image_grid(imgs, self.out_dir / f"step_{step:06d}.png", nrow=self.per_class if labels is not None else 8))
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if self.every > 0 and step % self.every == 0 and step > 0 and trainer.is_global_zero: self._save(pl_module, step)
+    def on_train_end(self, trainer, pl_module):
+        if trainer.is_global_zero: self._save(pl_module, trainer.global_step)
+
+# %% ../nbs/11_engine.ipynb #c19b7206
+class FinalCheckpoint(Callback):
+    """Write `last.ckpt` at the last step (max_steps reached, or a stop requested), whatever `checkpoint_every_n_steps`
+    is. It saves at the end of that batch, as `ModelCheckpoint` does, where the data loader's saved position is the
+    next batch to train on; saving later (at `on_train_end`, after the loader has fetched ahead) would make a resumed
+    run skip a batch — that is only the fallback for runs that end otherwise (max_epochs, max_time).
+    `every_n_steps` (int >= 0): the `ModelCheckpoint`'s `every_n_train_steps`; a last step that is a multiple of it
+    is left to that callback (`save_last=True`), so `last.ckpt` is written once."""
+    def __init__(self, path, every_n_steps: int = 0): self.path, self.every_n_steps, self._saved_step = Path(path), int(every_n_steps), None
+    def _save(self, trainer):
+        if not (self.every_n_steps > 0 and trainer.global_step % self.every_n_steps == 0): trainer.save_checkpoint(self.path)
+        self._saved_step = trainer.global_step
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if (trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps) or trainer.should_stop: self._save(trainer)
+    def on_train_end(self, trainer, pl_module):
+        if self._saved_step != trainer.global_step: self._save(trainer)
+
+class InterruptCheckpoint(OnExceptionCheckpoint):
+    "Lightning's on-exception checkpoint (Ctrl-C, SIGTERM, crashes), skipped for a non-finite loss and before the first step (nothing to keep)."
+    def on_exception(self, trainer, pl_module, exception):
+        if trainer.global_step > 0 and not isinstance(exception, NonFiniteLossError): super().on_exception(trainer, pl_module, exception)
+
+# %% ../nbs/11_engine.ipynb #946e8ff5
+class _KeepingExperimentWriter(ExperimentWriter):
+    "Lightning's CSV writer, except that an existing metrics.csv is kept up to `keep_before_step` (Lightning deletes it)."
+    def __init__(self, log_dir: str, keep_before_step: int):
+        self.keep_before_step = keep_before_step; super().__init__(log_dir)
+    def _check_log_dir_exists(self):
+        if not self._fs.isfile(self.metrics_file_path): return
+        with open(self.metrics_file_path, newline="") as f:
+            reader = csv.DictReader(f); keys = reader.fieldnames or []
+            rows = [r for r in reader if float(r.get("step") or 0) < self.keep_before_step]   # later rows: after the checkpoint
+        with open(self.metrics_file_path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys); w.writeheader(); w.writerows(rows)
+        self.metrics_keys = sorted(keys)
+
+class KeepingCSVLogger(CSVLogger):
+    """`CSVLogger` for a run that may be resumed: the rows of `metrics.csv` logged before `keep_before_step` (int >= 0:
+    the resumed checkpoint's global step; 0 for a new run) stay, so the file holds the whole run. It overrides
+    Lightning's private `ExperimentWriter._check_log_dir_exists` (which deletes the file; Lightning 2.6) and re-states
+    `CSVLogger.experiment` to use that writer: `tests/test_engine.py::test_resume_is_exact` checks the rows, row for
+    row, so a Lightning upgrade that changes either shows there."""
+    def __init__(self, *args, keep_before_step: int = 0, **kwargs):
+        super().__init__(*args, **kwargs); self.keep_before_step = int(keep_before_step)
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _KeepingExperimentWriter(self.log_dir, self.keep_before_step)
+        return self._experiment
+
+# %% ../nbs/11_engine.ipynb #475f1004
+class ImageLogger(Callback):
+    """sgm's `main.ImageLogger` (`main.py`): PNG grids of `pl_module.log_images(batch, **log_images_kwargs)` under
+    `save_dir/images/train` (default `trainer.default_root_dir`) at the steps `due` picks. `max_images` per key;
+    `clamp` to [-1, 1]; `rescale` (images in [-1, 1]; False: in [0, 1]); `disabled`; `enable_autocast` (CUDA autocast
+    while sampling); `log_on_batch_idx` (count batches, not steps); `log_before_first_step`. `setup` raises
+    `ValueError` naming a `log_images_kwargs` key that the model's `log_images` does not take."""
+    def __init__(self, batch_frequency: int, max_images: int, clamp: bool = True, increase_log_steps: bool = True,
+                 rescale: bool = True, disabled: bool = False, log_on_batch_idx: bool = False, log_first_step: bool = False,
+                 log_images_kwargs: dict = None, log_before_first_step: bool = False, enable_autocast: bool = True, save_dir=None):
+        if int(batch_frequency) < 1: raise ValueError(f"batch_frequency must be >= 1; got batch_frequency={batch_frequency!r}")
+        self.batch_freq, self.max_images, self.clamp, self.rescale = int(batch_frequency), int(max_images), clamp, rescale
+        self.log_steps = [2 ** n for n in range(int(math.log2(self.batch_freq)) + 1)] if increase_log_steps else [self.batch_freq]
+        self.disabled, self.log_on_batch_idx, self.log_first_step = disabled, log_on_batch_idx, log_first_step
+        self.log_before_first_step, self.enable_autocast, self.save_dir = log_before_first_step, enable_autocast, save_dir
+        self.log_images_kwargs = dict(log_images_kwargs or {}); self.n_rows = int(self.log_images_kwargs.pop("n_rows", 4))
+        self.saved = []
+
+    def due(self, idx: int) -> bool:
+        "Log at step (or batch) `idx`? sgm's `check_frequency`, early steps popped in order."
+        if (idx % self.batch_freq == 0 or idx in self.log_steps) and (idx > 0 or self.log_first_step):
+            if self.log_steps: self.log_steps.pop(0)
+            return True
+        return False
+
+    def setup(self, trainer, pl_module, stage=None): self.check(pl_module)
+    def check(self, pl_module):
+        "Raise `ValueError` for a `log_images_kwargs` key that `pl_module.log_images` does not take."
+        params = inspect.signature(pl_module.log_images).parameters
+        if any(p.kind == p.VAR_KEYWORD for p in params.values()): return
+        for k in self.log_images_kwargs:
+            if k not in params or k == "batch": raise ValueError(f"log_images_kwargs.{k} is not a parameter of {type(pl_module).__name__}.log_images; it takes {[p for p in params if p != 'batch'] + ['n_rows']}")
+
+# %% ../nbs/11_engine.ipynb #5caebcfb
+@patch
+def _log(self: ImageLogger, trainer, pl_module, batch, batch_idx: int, split: str = "train"):
+    from diffexplore.data import save_image_grid
+    if self.max_images <= 0 or not self.due(batch_idx if self.log_on_batch_idx else trainer.global_step): return
+    autocast = torch.autocast("cuda", enabled=self.enable_autocast) if pl_module.device.type == "cuda" else nullcontext()
+    with torch.no_grad(), autocast: images = pl_module.log_images(batch, **self.log_images_kwargs)
+    root = Path(self.save_dir or trainer.default_root_dir) / "images" / split
+    for k, x in images.items():
+        x = x[:self.max_images].detach().float().cpu()
+        x = x.clamp(-1, 1) if self.clamp else x
+        name = f"{k}_gs-{trainer.global_step:06}_e-{trainer.current_epoch:06}_b-{batch_idx:06}.png"
+        self.saved.append(save_image_grid(x if self.rescale else x * 2 - 1, root / name, nrow=self.n_rows))
+
+@patch
+def on_train_batch_end(self: ImageLogger, trainer, pl_module, outputs, batch, batch_idx):
+    if not self.disabled and trainer.is_global_zero and (trainer.global_step > 0 or self.log_first_step):
+        self._log(trainer, pl_module, batch, batch_idx)
+
+@patch
+def on_train_batch_start(self: ImageLogger, trainer, pl_module, batch, batch_idx):
+    if self.log_before_first_step and trainer.global_step == 0 and trainer.is_global_zero: self._log(trainer, pl_module, batch, batch_idx)

@@ -7,10 +7,12 @@ from __future__ import annotations
 import html, math
 from typing import Sequence
 
-import ipywidgets as W
+try: import ipywidgets as W
+except ImportError as e: raise ImportError(f"diffexplore.explorers needs the notebook extras, which are not installed ({e}): pip install 'diffexplore[lab]' (with torch pinned, see README)") from e
 import numpy as np
 import plotly.graph_objects as go
 import torch
+from fastcore.basics import patch
 from plotly.subplots import make_subplots
 from torch import Tensor
 
@@ -165,66 +167,81 @@ class ScalingExplorer(_Explorer):
 
     def _state(self): return dict(scalings=self.names, weighting=self.weighting_dropdown.value, sigma=self.sigma_slider.value,
                                   sigma_data=self.sigma_data)
-    @property
-    def sigma_data(self) -> float: return round(self.sigma_data_slider.value, 6)  # the browser sends 0.5000000000000001
-    @property
-    def scalings(self) -> dict: return make_scalings(self.names, self.sigma_data)
-    @property
-    def weighting(self) -> DiffusionLossWeighting: return make_weighting(self.weighting_dropdown.value, self.sigma_data)
-    def values(self, sigmas, panels=PANELS, names=None) -> dict:
-        "`panel_values` for this explorer's settings (all scalings, or those in `names`)."
-        scalings = {n: s for n, s in self.scalings.items() if names is None or n in names}
-        return panel_values(scalings, self.weighting, self.x0, sigmas, self.seed, panels)
-    def _curve_index(self, panel, name) -> int: return PANELS.index(panel) * len(self.names) + self.names.index(name)
-    def _marker_index(self, panel) -> int: return len(PANELS) * len(self.names) + PANELS.index(panel)
-    def curve(self, panel: str, name: str): return self.fig.data[self._curve_index(panel, name)]
-    def marker(self, panel: str): return self.fig.data[self._marker_index(panel)]
 
-    def _figure(self) -> go.FigureWidget:
-        fig = make_subplots(rows=2, cols=3, subplot_titles=PANELS, horizontal_spacing=0.06, vertical_spacing=0.12)
-        for i, p in enumerate(PANELS):
-            for n in self.names:
-                fig.add_scatter(x=self.sigmas.tolist(), name=n, legendgroup=n, showlegend=i == 0, line_color=COLORS.get(n),
-                                line_dash="dash" if n == "VWithEDMcNoise" else None, row=i // 3 + 1, col=i % 3 + 1)
-        for i, p in enumerate(PANELS):
-            fig.add_scatter(mode="markers", name=f"σ marker {p}", showlegend=False, text=list(self.names),
-                            marker=dict(size=9, color=[COLORS.get(n) for n in self.names], line_width=1),
-                            hovertemplate="%{text}: %{y:.4g}<extra></extra>", row=i // 3 + 1, col=i % 3 + 1)
-        fig.update_xaxes(type="log")
-        fig.update_xaxes(title_text="σ", row=2)
-        for i, p in enumerate(PANELS):
-            if p in ("|c_out|", "c_in", "w·c_out²", "std F*"): fig.update_yaxes(type="log", row=i // 3 + 1, col=i % 3 + 1)
-        fig.update_yaxes(range=[-2, 5], row=2, col=1)  # c_noise: ln σ/4 vs σ; zoom out for the σ-valued ones
-        fig.update_layout(width=1000, height=580, margin=dict(l=40, r=20, t=40, b=40), legend=dict(orientation="h", y=-0.15))
-        return go.FigureWidget(fig)
+# %% ../nbs/16_explorers.ipynb #18a84b38
+@patch(as_prop=True)
+def sigma_data(self: ScalingExplorer) -> float: return round(self.sigma_data_slider.value, 6)  # the browser sends 0.5000000000000001
+@patch(as_prop=True)
+def scalings(self: ScalingExplorer) -> dict: return make_scalings(self.names, self.sigma_data)
+@patch(as_prop=True)
+def weighting(self: ScalingExplorer) -> DiffusionLossWeighting: return make_weighting(self.weighting_dropdown.value, self.sigma_data)
+@patch
+def values(self: ScalingExplorer, sigmas, panels=PANELS, names=None) -> dict:
+    "`panel_values` for this explorer's settings (all scalings, or those in `names`)."
+    scalings = {n: s for n, s in self.scalings.items() if names is None or n in names}
+    return panel_values(scalings, self.weighting, self.x0, sigmas, self.seed, panels)
+@patch
+def _curve_index(self: ScalingExplorer, panel, name) -> int: return PANELS.index(panel) * len(self.names) + self.names.index(name)
+@patch
+def _marker_index(self: ScalingExplorer, panel) -> int: return len(PANELS) * len(self.names) + PANELS.index(panel)
+@patch
+def curve(self: ScalingExplorer, panel: str, name: str): return self.fig.data[self._curve_index(panel, name)]
+@patch
+def marker(self: ScalingExplorer, panel: str): return self.fig.data[self._marker_index(panel)]
 
-    def update_curves(self, panels: Sequence[str] = PANELS, names: Sequence[str] | None = None):
-        "Recompute the curves of `panels` × `names` (default all) and every λ_F curve, then the markers and the readout."
-        curves = self.values(self.sigmas, [p for p in panels if p != "w·c_out²"], names)
-        curves.update(self.values(self.sigmas, ["w·c_out²"]))  # cheap, and EDMWeighting follows σ_data
-        x, sigma, at = self.sigmas.numpy(), *self._at_slider()
-        batch_restyle(self.fig, {self._curve_index(p, n): dict(x=x, y=y.numpy()) for p, by_name in curves.items()
-                                 for n, y in by_name.items()} | self._marker_updates(sigma, at))
-        self._fill_readout(sigma, at)
+# %% ../nbs/16_explorers.ipynb #72b547c1
+@patch
+def _figure(self: ScalingExplorer) -> go.FigureWidget:
+    fig = make_subplots(rows=2, cols=3, subplot_titles=PANELS, horizontal_spacing=0.06, vertical_spacing=0.12)
+    for i, p in enumerate(PANELS):
+        for n in self.names:
+            fig.add_scatter(x=self.sigmas.tolist(), name=n, legendgroup=n, showlegend=i == 0, line_color=COLORS.get(n),
+                            line_dash="dash" if n == "VWithEDMcNoise" else None, row=i // 3 + 1, col=i % 3 + 1)
+    for i, p in enumerate(PANELS):
+        fig.add_scatter(mode="markers", name=f"σ marker {p}", showlegend=False, text=list(self.names),
+                        marker=dict(size=9, color=[COLORS.get(n) for n in self.names], line_width=1),
+                        hovertemplate="%{text}: %{y:.4g}<extra></extra>", row=i // 3 + 1, col=i % 3 + 1)
+    fig.update_xaxes(type="log")
+    fig.update_xaxes(title_text="σ", row=2)
+    for i, p in enumerate(PANELS):
+        if p in ("|c_out|", "c_in", "w·c_out²", "std F*"): fig.update_yaxes(type="log", row=i // 3 + 1, col=i % 3 + 1)
+    fig.update_yaxes(range=[-2, 5], row=2, col=1)  # c_noise: ln σ/4 vs σ; zoom out for the σ-valued ones
+    fig.update_layout(width=1000, height=580, margin=dict(l=40, r=20, t=40, b=40), legend=dict(orientation="h", y=-0.15))
+    return go.FigureWidget(fig)
 
-    def update_sigma(self):
-        "Move the markers and refill the readout for the slider's σ (the curves stay)."
-        sigma, at = self._at_slider()
-        batch_restyle(self.fig, self._marker_updates(sigma, at))
-        self._fill_readout(sigma, at)
+# %% ../nbs/16_explorers.ipynb #7c655293
+@patch
+def update_curves(self: ScalingExplorer, panels: Sequence[str] = PANELS, names: Sequence[str] | None = None):
+    "Recompute the curves of `panels` × `names` (default all) and every λ_F curve, then the markers and the readout."
+    curves = self.values(self.sigmas, [p for p in panels if p != "w·c_out²"], names)
+    curves.update(self.values(self.sigmas, ["w·c_out²"]))  # cheap, and EDMWeighting follows σ_data
+    x, sigma, at = self.sigmas.numpy(), *self._at_slider()
+    batch_restyle(self.fig, {self._curve_index(p, n): dict(x=x, y=y.numpy()) for p, by_name in curves.items()
+                             for n, y in by_name.items()} | self._marker_updates(sigma, at))
+    self._fill_readout(sigma, at)
 
-    def _at_slider(self):
-        sigma = self.sigma_slider.value
-        return sigma, self.values(torch.tensor([sigma], dtype=torch.float64))
+@patch
+def update_sigma(self: ScalingExplorer):
+    "Move the markers and refill the readout for the slider's σ (the curves stay)."
+    sigma, at = self._at_slider()
+    batch_restyle(self.fig, self._marker_updates(sigma, at))
+    self._fill_readout(sigma, at)
 
-    def _marker_updates(self, sigma, at) -> dict:
-        return {self._marker_index(p): dict(x=[sigma] * len(self.names), y=[float(at[p][n]) for n in self.names]) for p in PANELS}
+@patch
+def _at_slider(self: ScalingExplorer):
+    sigma = self.sigma_slider.value
+    return sigma, self.values(torch.tensor([sigma], dtype=torch.float64))
 
-    def _fill_readout(self, sigma, at):
-        rows = readout_values(self.scalings, sigma)
-        for n in self.names: rows[n].update({"w·c_out²": float(at["w·c_out²"][n]), "std F*": float(at["std F*"][n])})
-        self.readout.value = readout_table(rows, f"σ = {_fmt(sigma)}, σ_data = {_fmt(self.sigma_data)}, "
-                                                 f"weighting = {self.weighting!r}")
+@patch
+def _marker_updates(self: ScalingExplorer, sigma, at) -> dict:
+    return {self._marker_index(p): dict(x=[sigma] * len(self.names), y=[float(at[p][n]) for n in self.names]) for p in PANELS}
+
+@patch
+def _fill_readout(self: ScalingExplorer, sigma, at):
+    rows = readout_values(self.scalings, sigma)
+    for n in self.names: rows[n].update({"w·c_out²": float(at["w·c_out²"][n]), "std F*": float(at["std F*"][n])})
+    self.readout.value = readout_table(rows, f"σ = {_fmt(sigma)}, σ_data = {_fmt(self.sigma_data)}, "
+                                             f"weighting = {self.weighting!r}")
 
 # %% ../nbs/16_explorers.ipynb #bbfab624
 FP16_MAX = 65504.0
@@ -301,36 +318,40 @@ class SigmaSamplingExplorer(_Explorer):
     def weighting(self) -> DiffusionLossWeighting: return make_weighting(self.weighting_dropdown.value, self.sigma_data)
     def steps(self) -> Tensor: return self.discretization(self.num_steps_slider.value, do_append_zero=False, dtype=torch.float64)
 
-    def _figure(self) -> go.FigureWidget:
-        fig = make_subplots(specs=[[{"secondary_y": True}]])
-        x_edges = (10 ** self.edges).tolist()
-        fig.add_scatter(x=x_edges, name="EDMSampling (drawn)", line_shape="hv", fill="tozeroy", line_color="#1f77b4")
-        fig.add_scatter(x=self.sigmas.tolist(), name="EDMSampling pdf", line=dict(dash="dot", color="#1f77b4"))
-        fig.add_scatter(x=x_edges, name="DiscreteSampling(LegacyDDPM, 1000)", line_shape="hv", fill="tozeroy",
-                        line_color="#ff7f0e", opacity=0.6)
-        fig.add_scatter(x=self.sigmas.tolist(), name="w(σ)", line_color="#2ca02c", secondary_y=True)
-        fig.add_scatter(mode="markers", name="generation steps", marker=dict(symbol="line-ns-open", size=14, color="#d62728"))
-        fig.update_xaxes(type="log", title_text="σ")
-        fig.update_yaxes(title_text="density per unit log10 σ", secondary_y=False)
-        fig.update_yaxes(type="log", dtick=2, exponentformat="power", title_text="loss weight w(σ)", secondary_y=True, showgrid=False)
-        fig.update_layout(width=900, height=460, margin=dict(l=40, r=40, t=30, b=40), legend=dict(orientation="h", y=-0.2))
-        return go.FigureWidget(fig)
+# %% ../nbs/16_explorers.ipynb #6944ce02
+@patch
+def _figure(self: SigmaSamplingExplorer) -> go.FigureWidget:
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    x_edges = (10 ** self.edges).tolist()
+    fig.add_scatter(x=x_edges, name="EDMSampling (drawn)", line_shape="hv", fill="tozeroy", line_color="#1f77b4")
+    fig.add_scatter(x=self.sigmas.tolist(), name="EDMSampling pdf", line=dict(dash="dot", color="#1f77b4"))
+    fig.add_scatter(x=x_edges, name="DiscreteSampling(LegacyDDPM, 1000)", line_shape="hv", fill="tozeroy",
+                    line_color="#ff7f0e", opacity=0.6)
+    fig.add_scatter(x=self.sigmas.tolist(), name="w(σ)", line_color="#2ca02c", secondary_y=True)
+    fig.add_scatter(mode="markers", name="generation steps", marker=dict(symbol="line-ns-open", size=14, color="#d62728"))
+    fig.update_xaxes(type="log", title_text="σ")
+    fig.update_yaxes(title_text="density per unit log10 σ", secondary_y=False)
+    fig.update_yaxes(type="log", dtick=2, exponentformat="power", title_text="loss weight w(σ)", secondary_y=True, showgrid=False)
+    fig.update_layout(width=900, height=460, margin=dict(l=40, r=40, t=30, b=40), legend=dict(orientation="h", y=-0.2))
+    return go.FigureWidget(fig)
 
-    def update(self):
-        "Redraw every trace and the readout for the current controls."
-        edm, w, steps = self.sampling, self.weighting, self.steps()
-        step_y = lambda h: np.append(h.numpy(), h[-1].item())
-        x_edges, x_sig = (10 ** self.edges).numpy(), self.sigmas.numpy()
-        batch_restyle(self.fig, {
-            0: dict(x=x_edges, y=step_y(log10_histogram(edm(len(self.rand), rand=self.rand), self.edges)), name=f"{edm!r}, drawn"),
-            1: dict(x=x_sig, y=edm.pdf(self.sigmas, wrt="log10_sigma").numpy(), name=f"{edm!r}, pdf"),
-            2: dict(x=x_edges, y=step_y(log10_histogram(self.discrete_draws, self.edges)), name="DiscreteSampling(LegacyDDPM, 1000)"),
-            3: dict(x=x_sig, y=w(self.sigmas).numpy(), name=f"w(σ): {w!r}"),
-            4: dict(x=steps.numpy(), y=np.zeros(len(steps)), name=f"{self.discretization!r}: {len(steps)} steps")})
-        rng = dict(sigma_min=float(steps.min()), sigma_max=float(steps.max()))
-        self.readout.value = readout_table({repr(edm): sampling_summary(edm, w, **rng),
-                                            "DiscreteSampling(LegacyDDPM, 1000)": sampling_summary(self.discrete, w, **rng)},
-                                           f"weighting = {w!r}; generation σ range [{_fmt(rng['sigma_min'])}, {_fmt(rng['sigma_max'])}]")
+# %% ../nbs/16_explorers.ipynb #3970d9a0
+@patch
+def update(self: SigmaSamplingExplorer):
+    "Redraw every trace and the readout for the current controls."
+    edm, w, steps = self.sampling, self.weighting, self.steps()
+    step_y = lambda h: np.append(h.numpy(), h[-1].item())
+    x_edges, x_sig = (10 ** self.edges).numpy(), self.sigmas.numpy()
+    batch_restyle(self.fig, {
+        0: dict(x=x_edges, y=step_y(log10_histogram(edm(len(self.rand), rand=self.rand), self.edges)), name=f"{edm!r}, drawn"),
+        1: dict(x=x_sig, y=edm.pdf(self.sigmas, wrt="log10_sigma").numpy(), name=f"{edm!r}, pdf"),
+        2: dict(x=x_edges, y=step_y(log10_histogram(self.discrete_draws, self.edges)), name="DiscreteSampling(LegacyDDPM, 1000)"),
+        3: dict(x=x_sig, y=w(self.sigmas).numpy(), name=f"w(σ): {w!r}"),
+        4: dict(x=steps.numpy(), y=np.zeros(len(steps)), name=f"{self.discretization!r}: {len(steps)} steps")})
+    rng = dict(sigma_min=float(steps.min()), sigma_max=float(steps.max()))
+    self.readout.value = readout_table({repr(edm): sampling_summary(edm, w, **rng),
+                                        "DiscreteSampling(LegacyDDPM, 1000)": sampling_summary(self.discrete, w, **rng)},
+                                       f"weighting = {w!r}; generation σ range [{_fmt(rng['sigma_min'])}, {_fmt(rng['sigma_max'])}]")
 
 # %% ../nbs/16_explorers.ipynb #01d40880
 def posterior_weights(x_t: Tensor, # noised inputs [B, ...]
@@ -408,27 +429,33 @@ class NoisingExplorer(_Explorer):
         i = self.index_slider.value
         return noising_panels(self.images[i], self.noise(i), self.sigma_slider.value, self.scaling, self.train)
 
-    def _figure(self) -> go.FigureWidget:
-        fig = make_subplots(rows=1, cols=len(NOISING_PANELS), subplot_titles=NOISING_PANELS, horizontal_spacing=0.02)
-        for i, p in enumerate(NOISING_PANELS):
-            fig.add_heatmap(colorscale="gray", showscale=False, name=p, hovertemplate=f"{p}: %{{z:.3g}}<extra></extra>", row=1, col=i + 1)
-            fig.update_yaxes(scaleanchor=f"x{i + 1}" if i else "x", row=1, col=i + 1)  # square pixels
-        fig.update_yaxes(autorange="reversed", constrain="domain", showticklabels=False)  # row 0 on top
-        fig.update_xaxes(constrain="domain", showticklabels=False)
-        fig.update_layout(width=900, height=240, margin=dict(l=10, r=10, t=30, b=10))
-        return go.FigureWidget(fig)
+# %% ../nbs/16_explorers.ipynb #8ce46f85
+@patch
+def _figure(self: NoisingExplorer) -> go.FigureWidget:
+    fig = make_subplots(rows=1, cols=len(NOISING_PANELS), subplot_titles=NOISING_PANELS, horizontal_spacing=0.02)
+    for i, p in enumerate(NOISING_PANELS):
+        fig.add_heatmap(colorscale="gray", showscale=False, name=p, hovertemplate=f"{p}: %{{z:.3g}}<extra></extra>", row=1, col=i + 1)
+        fig.update_yaxes(scaleanchor=f"x{i + 1}" if i else "x", row=1, col=i + 1)  # square pixels
+    fig.update_yaxes(autorange="reversed", constrain="domain", showticklabels=False)  # row 0 on top
+    fig.update_xaxes(constrain="domain", showticklabels=False)
+    fig.update_layout(width=900, height=240, margin=dict(l=10, r=10, t=30, b=10))
+    return go.FigureWidget(fig)
 
-    def update(self):
-        "Recompute the five images and the readout for the current controls."
-        imgs, i, sigma = self.panels(), self.index_slider.value, self.sigma_slider.value
-        lim = lambda p, z: 1.0 if p in ("x_0", "D*") else max(float(z.abs().max()), 1e-12)  # x_0, D*: data range
-        batch_restyle(self.fig, {i: dict(z=imgs[p][0].numpy(), zmin=-lim(p, imgs[p]), zmax=lim(p, imgs[p]))
-                                 for i, p in enumerate(NOISING_PANELS)})
-        self.readout.value = readout_table({self._label(i): self._stats(imgs, sigma)}, f"σ = {_fmt(sigma)}, {self.scaling!r}")
+# %% ../nbs/16_explorers.ipynb #e2b201d0
+@patch
+def update(self: NoisingExplorer):
+    "Recompute the five images and the readout for the current controls."
+    imgs, i, sigma = self.panels(), self.index_slider.value, self.sigma_slider.value
+    lim = lambda p, z: 1.0 if p in ("x_0", "D*") else max(float(z.abs().max()), 1e-12)  # x_0, D*: data range
+    batch_restyle(self.fig, {i: dict(z=imgs[p][0].numpy(), zmin=-lim(p, imgs[p]), zmax=lim(p, imgs[p]))
+                             for i, p in enumerate(NOISING_PANELS)})
+    self.readout.value = readout_table({self._label(i): self._stats(imgs, sigma)}, f"σ = {_fmt(sigma)}, {self.scaling!r}")
 
-    def _label(self, i): return f"image {i} (training)" if i < self.n_train else f"image {i} (validation, held out)"
-    def _stats(self, imgs, sigma) -> dict:
-        w = posterior_weights(imgs["x_t"][None], sigma, self.train)[0]
-        return {"std x_t": float(imgs["x_t"].std()), "std c_in·x_t": float(imgs["c_in·x_t"].std()), "std F*": float(imgs["F*"].std()),
-                "max weight": float(w.max()), "nearest train": int(w.argmax()), "eff. n images": float(1 / (w**2).sum()),
-                "RMS(D* − x_0)": float((imgs["D*"] - imgs["x_0"]).pow(2).mean().sqrt())}
+@patch
+def _label(self: NoisingExplorer, i): return f"image {i} (training)" if i < self.n_train else f"image {i} (validation, held out)"
+@patch
+def _stats(self: NoisingExplorer, imgs, sigma) -> dict:
+    w = posterior_weights(imgs["x_t"][None], sigma, self.train)[0]
+    return {"std x_t": float(imgs["x_t"].std()), "std c_in·x_t": float(imgs["c_in·x_t"].std()), "std F*": float(imgs["F*"].std()),
+            "max weight": float(w.max()), "nearest train": int(w.argmax()), "eff. n images": float(1 / (w**2).sum()),
+            "RMS(D* − x_0)": float((imgs["D*"] - imgs["x_0"]).pow(2).mean().sqrt())}

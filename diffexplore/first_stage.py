@@ -8,6 +8,7 @@ import warnings
 from contextlib import nullcontext
 
 import torch
+from fastcore.basics import patch
 from torch import nn, Tensor
 from diffusers import AutoencoderKL, AutoencoderTiny
 
@@ -44,7 +45,7 @@ def check_scale_factor(latents: Tensor, # encoded (scaled) latents of a batch of
                        action: str = "warn", # "warn" (UserWarning) or "raise" (ValueError)
                       ) -> float: # the std of `latents`
     """Warn or raise when the std of encoded latents is far from `target_std`, the symptom of a `scale_factor`
-    that does not belong to the VAE (bug case BC13). Raises `ValueError` for `tol <= 1` or an unknown `action`."""
+    that does not belong to the VAE (huggingface/diffusers #6923, #6753). Raises `ValueError` for `tol <= 1` or an unknown `action`."""
     if not tol > 1: raise ValueError(f"tol must be > 1; got tol={tol!r}")
     if action not in ("warn", "raise"): raise ValueError(f"action must be 'warn' or 'raise'; got action={action!r}")
     std = float(latents.detach().float().std())
@@ -73,6 +74,7 @@ def _check_images(x: Tensor):
 
 def _grad(grad: bool): return nullcontext() if grad else torch.no_grad()
 
+# %% ../nbs/10_first_stage.ipynb #e50a5a6c
 class _VAEFirstStage(nn.Module):
     "Shared logic of the diffusers VAE first stages; subclasses define `vae_class`, `encode_raw`, `decode_raw`, `downsample_factor`."
     vae_class = None
@@ -106,12 +108,15 @@ class _VAEFirstStage(nn.Module):
         vae = cls.vae_class.from_pretrained(path, subfolder=subfolder, **kwargs)
         return cls(vae, scale_factor=scale_factor, shift_factor=shift_factor)
 
-    def __repr__(self):
-        cfg = self.vae.config
-        return (f"{type(self).__name__}(vae={type(self.vae).__name__}(latent_channels={cfg.latent_channels}, downsample_factor="
-                f"{self.downsample_factor}, params={sum(p.numel() for p in self.vae.parameters()):,}), "
-                f"scale_factor={self.scale_factor}, shift_factor={self.shift_factor}{self._extra()})")
-    def _extra(self) -> str: return ""
+# %% ../nbs/10_first_stage.ipynb #704cbde5
+@patch
+def __repr__(self: _VAEFirstStage):
+    cfg = self.vae.config
+    return (f"{type(self).__name__}(vae={type(self.vae).__name__}(latent_channels={cfg.latent_channels}, downsample_factor="
+            f"{self.downsample_factor}, params={sum(p.numel() for p in self.vae.parameters()):,}), "
+            f"scale_factor={self.scale_factor}, shift_factor={self.shift_factor}{self._extra()})")
+@patch
+def _extra(self: _VAEFirstStage) -> str: return ""
 
 # %% ../nbs/10_first_stage.ipynb #383c3c69
 class AutoencoderKLFirstStage(_VAEFirstStage):

@@ -12,13 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
 from torchmetrics.image.fid import FrechetInceptionDistance
+from tqdm.std import tqdm
 
 from .core import check_positive
 
 # %% auto #0
-__all__ = ['CLASSIFIER_VERSION', 'INCEPTION_WEIGHTS_FILE', 'SmallClassifier', 'predict', 'classifier_accuracy',
+__all__ = ['CLASSIFIER_VERSION', 'INCEPTION_WEIGHTS_FILE', 'JUDGE_EXPLAIN', 'SmallClassifier', 'predict', 'classifier_accuracy',
            'default_cache_dir', 'default_epochs', 'data_fingerprint', 'classifier_cache_key', 'train_classifier',
-           'inception_weights_paths', 'fid_unavailable_reason', 'fid', 'judge_samples']
+           'inception_weights_paths', 'fid_unavailable_reason', 'fid', 'real_halves', 'judge_samples']
 
 # %% ../nbs/13_judge.ipynb #7ceeb3c6
 def _conv(c_in, c_out): return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
@@ -114,19 +115,23 @@ def classifier_cache_key(name: str, images: Tensor, labels: Tensor, **settings) 
     return f"{re.sub(r'[^A-Za-z0-9_.]+', '_', name)}-{c}x{h}x{w}-{data_fingerprint(images, labels)[:16]}-v{CLASSIFIER_VERSION}-{hp}"
 
 # %% ../nbs/13_judge.ipynb #3df6c8db
-def _fit(model: nn.Module, x: Tensor, y: Tensor, epochs: int, batch_size: int, lr: float, seed: int) -> nn.Module:
-    "The training loop: AdamW + one-cycle LR, cross-entropy, shuffled with a generator seeded by `seed`."
+def _fit(model: nn.Module, x: Tensor, y: Tensor, epochs: int, batch_size: int, lr: float, seed: int,
+         progress: bool = False) -> nn.Module:
+    "The training loop: AdamW + one-cycle LR, cross-entropy, shuffled with a generator seeded by `seed`; a step bar on stderr if `progress`."
     g = torch.Generator().manual_seed(seed)
     steps = max(1, len(x) // batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps)
     model.train()
+    bar = tqdm(total=epochs * steps, desc="judge: training its classifier", unit="step", disable=not progress, leave=False)
     for _ in range(epochs):
         perm = torch.randperm(len(x), generator=g)
         for i in range(steps):
             idx = perm[i * batch_size:(i + 1) * batch_size]
             loss = F.cross_entropy(model(x[idx]), y[idx])
             opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); sched.step()
+            bar.update()
+    bar.close()
     return model.eval()
 
 # %% ../nbs/13_judge.ipynb #96d39b73
@@ -138,6 +143,7 @@ def train_classifier(datamodule, # labelled data: `train_images()`, `train_label
                      lr: float = 3e-3, # peak learning rate of the one-cycle schedule
                      width: int = 16, # `SmallClassifier` width
                      num_threads: int | None = 1, # torch CPU threads while training (restored after); None: leave as is
+                     progress: bool = False, # show a progress bar (steps, ETA) on stderr while training
                     ) -> SmallClassifier:
     """Train (or load from the disk cache) a `SmallClassifier` on the datamodule's real training images; eval mode.
     `classifier.meta` holds `key`, `dataset`, `real_accuracy` (on the held-out split, None if empty), `epochs`,
@@ -156,13 +162,15 @@ def train_classifier(datamodule, # labelled data: `train_images()`, `train_label
     with torch.random.fork_rng(devices=[]), _torch_threads(num_threads):
         torch.manual_seed(seed)
         model = SmallClassifier(x.shape[1], k, x.shape[-1], width)
-        t0 = time.perf_counter(); _fit(model, x, y, epochs, batch_size, lr, seed); dt = time.perf_counter() - t0
+        t0 = time.perf_counter(); _fit(model, x, y, epochs, batch_size, lr, seed, progress); dt = time.perf_counter() - t0
     xv, yv = datamodule.val_images(), datamodule.val_labels()
     model.meta = dict(key=key, dataset=name, epochs=epochs, train_seconds=round(dt, 2), cached=False,
                       real_accuracy=classifier_accuracy(model, xv, yv) if len(xv) else None)
     if path is not None: _save_classifier(model, path)
     return model
 
+
+# %% ../nbs/13_judge.ipynb #d1b6518a
 def _save_classifier(model: SmallClassifier, path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
@@ -245,6 +253,42 @@ def fid(real: Tensor, # float [N, C, H, W] in [-1, 1]: real images (N ≥ 2)
             for b in imgs.split(batch_size): metric.update(prep(b), real=is_real)
         return float(metric.compute())
 
+# %% ../nbs/13_judge.ipynb #3b301ea4
+def real_halves(datamodule, # real data: `train_images()`, `val_images()`
+                seed: int = 0, # seeds the shuffle
+               ) -> tuple[Tensor, Tensor]: # two disjoint float [N // 2, C, H, W] sets, N = all real images
+    "All real images (training and held-out splits pooled), shuffled with `seed` and halved: the two reference sets."
+    x = torch.cat([datamodule.train_images(), datamodule.val_images()])
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    h = len(x) // 2
+    return x[perm[:h]], x[perm[h:2 * h]]
+
+# %% ../nbs/13_judge.ipynb #1092655a
+JUDGE_EXPLAIN = {
+    "accuracy": "fraction of samples that a classifier trained on the real images labels as the class they were generated "
+                "for (accuracy_stderr: binomial standard error). Compare with real_accuracy (the same classifier on held-out "
+                "real images) and chance. Samples can score ABOVE real_accuracy: classifier-free guidance (cfg_scale > 1) "
+                "pulls each sample toward what is most typical of its class, and prototypical images are easier to classify "
+                "than the real data's long tail. Accuracy measures recognisability, not diversity: read it with classifier_fid.",
+    "classifier_fid": "Fréchet distance (Heusel et al. 2017, eq. 6) between classifier_fid_n random samples and as many real "
+                      "images, in the classifier's 128-d features. Finite-n estimates are biased upward, so read it against "
+                      "classifier_fid_real: the same distance between two disjoint sets of classifier_fid_n real images. A "
+                      "generator that matched the data would score about classifier_fid_real.",
+    "fid": "Inception FID, when torch-fidelity and its weights are on disk; otherwise null and fid_message says why.",
+    "predicted_fraction": "fraction of all samples the classifier assigns to each class; a collapsed model piles onto a few.",
+}
+"What each number in `judge_samples`' result means, in words; the result carries it as `explain`."
+
+# %% ../nbs/13_judge.ipynb #0a82ec72
+def _classifier_fids(clf, samples, datamodule, max_real):
+    "classifier_fid (samples vs real) and classifier_fid_real (real vs real), both at the same n = classifier_fid_n."
+    a, b = real_halves(datamodule)
+    n = min(len(samples), len(a), max_real)
+    if n < 2: return dict(classifier_fid=None, classifier_fid_real=None, classifier_fid_n=n)
+    pick = torch.randperm(len(samples), generator=torch.Generator().manual_seed(0))[:n]
+    return dict(classifier_fid=fid(a[:n], samples[pick], feature=clf), classifier_fid_real=fid(a[:n], b[:n], feature=clf),
+                classifier_fid_n=n)
+
 # %% ../nbs/13_judge.ipynb #0cc77a04
 def judge_samples(samples: Tensor, # generated images, float [N, C, H, W] in [-1, 1]
                   labels, # int [N]: the class each sample was generated for
@@ -253,23 +297,24 @@ def judge_samples(samples: Tensor, # generated images, float [N, C, H, W] in [-1
                   cache_dir=None, # classifier cache folder (see `train_classifier`)
                   compute_fid: bool = True, # try Inception FID (on a CPU it takes minutes for 1,000 samples)
                   inception_weights=None, # see `fid`
-                  max_real: int = 10_000, # real training images for `classifier_fid` (Inception FID uses as many as there are samples)
+                  max_real: int = 10_000, # at most this many images per set for `classifier_fid` and Inception `fid`
+                  progress: bool = False, # a progress bar on stderr while the classifier trains
                  ) -> dict:
     "Judge class-conditional samples with a classifier trained on the real data; see the keys in the text above."
-    clf = classifier if classifier is not None else train_classifier(datamodule, cache_dir=cache_dir)
+    clf = classifier if classifier is not None else train_classifier(datamodule, cache_dir=cache_dir, progress=progress)
     y = _check_labels(labels, len(samples))
     pred = predict(clf, samples)
     if len(y) == 0: raise ValueError("judge_samples needs at least one sample; got 0")
     names = datamodule.class_names or [str(i) for i in range(clf.num_classes)]
     correct = (pred == y).double()
     acc = float(correct.mean())
-    real = datamodule.train_images()[:max_real]
     out = dict(n=len(y), accuracy=acc, accuracy_stderr=math.sqrt(acc * (1 - acc) / len(y)), chance=1 / clf.num_classes,
                real_accuracy=_real_accuracy(clf, datamodule),
                per_class_accuracy={names[c]: float(correct[y == c].mean()) for c in y.unique().tolist()},
                predicted_fraction={names[c]: float((pred == c).double().mean()) for c in range(clf.num_classes)},
-               classifier_fid=fid(real, samples, feature=clf) if len(samples) >= 2 else None, fid=None, fid_message=None)
+               **_classifier_fids(clf, samples, datamodule, max_real), fid=None, fid_message=None, explain=JUDGE_EXPLAIN)
     if compute_fid:
+        real = datamodule.train_images()[:max_real]
         try: out["fid"] = fid(real[:max(len(samples), 2)], samples, inception_weights=inception_weights)
         except (RuntimeError, ValueError) as e: out["fid_message"] = str(e)
     return out

@@ -10,11 +10,13 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
+from fastcore.basics import patch
 from torch import Tensor
 import lightning.pytorch as pl
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
-import ipywidgets as widgets
+try: import ipywidgets as widgets
+except ImportError as e: raise ImportError(f"diffexplore.live needs the notebook extras, which are not installed ({e}): pip install 'diffexplore[lab]' (with torch pinned, see README)") from e
 from PIL import Image
 
 from .core import check_int
@@ -205,171 +207,196 @@ class LiveTrainingView(pl.Callback):
         self._grid, self._grid_dirty, self._t0, self._step0 = None, False, None, 0
         self._build_widget()
 
-    def __repr__(self):
-        return (f"LiveTrainingView(min_interval_s={self.min_interval_s}, sample_every_n_steps={self.sample_every_n_steps}, "
-                f"steps={len(self.steps)}, pushes={self.pushes}, errors={self.errors})")
+# %% ../nbs/17_live.ipynb #b01cdef3
+@patch
+def __repr__(self: LiveTrainingView):
+    return (f"LiveTrainingView(min_interval_s={self.min_interval_s}, sample_every_n_steps={self.sample_every_n_steps}, "
+            f"steps={len(self.steps)}, pushes={self.pushes}, errors={self.errors})")
 
-    # --- the widget: Stop button + status line above a 2×2 FigureWidget ---------------------------------
-    def _build_widget(self):
-        fig = go.FigureWidget(make_subplots(rows=2, cols=2, vertical_spacing=0.14, horizontal_spacing=0.08,
-                                            subplot_titles=("loss", "loss per σ bucket", "learning rate", "samples")))
-        fig.add_scatter(name="loss", mode="lines", line=dict(width=1, color="rgba(31,119,180,0.35)"), row=1, col=1)
-        fig.add_scatter(name="loss (smoothed)", mode="lines", line=dict(width=2, color="rgb(31,119,180)"), row=1, col=1)
-        fig.add_scatter(name="lr", mode="lines", line=dict(color="rgb(44,160,44)"), connectgaps=True, showlegend=False, row=2, col=1)
-        fig.add_image(name="samples", source=_png_data_uri(np.zeros((1, 1, 3), np.uint8), 1), row=2, col=2)
-        for col in (1, 2): fig.update_yaxes(type="log", row=1, col=col); fig.update_xaxes(title_text="step", row=1, col=col)
-        fig.update_xaxes(visible=False, row=2, col=2); fig.update_yaxes(visible=False, row=2, col=2)
-        fig.update_layout(height=self.height, margin=dict(t=40, b=30, l=50, r=10), legend=dict(font=dict(size=10)))
-        self.fig = fig
-        self.traces = dict(zip(["loss", "loss_smooth", "lr", "samples"], fig.data))
-        self._index = {k: i for i, k in enumerate(self.traces)}
-        self.button = widgets.Button(description="Stop", icon="stop", button_style="danger", disabled=True,
-                                     tooltip="stop at the next step; saves a checkpoint if a directory is set")
-        self.button.on_click(lambda _: self.request_stop())
-        self.status = widgets.HTML("not started")
-        self.widget = widgets.VBox([widgets.HBox([self.button, self.status]), fig])
+@patch
+def _build_widget(self: LiveTrainingView):
+    fig = go.FigureWidget(make_subplots(rows=2, cols=2, vertical_spacing=0.14, horizontal_spacing=0.08,
+                                        subplot_titles=("loss", "loss per σ bucket", "learning rate", "samples")))
+    fig.add_scatter(name="loss", mode="lines", line=dict(width=1, color="rgba(31,119,180,0.35)"), row=1, col=1)
+    fig.add_scatter(name="loss (smoothed)", mode="lines", line=dict(width=2, color="rgb(31,119,180)"), row=1, col=1)
+    fig.add_scatter(name="lr", mode="lines", line=dict(color="rgb(44,160,44)"), connectgaps=True, showlegend=False, row=2, col=1)
+    fig.add_image(name="samples", source=_png_data_uri(np.zeros((1, 1, 3), np.uint8), 1), row=2, col=2)
+    for col in (1, 2): fig.update_yaxes(type="log", row=1, col=col); fig.update_xaxes(title_text="step", row=1, col=col)
+    fig.update_xaxes(visible=False, row=2, col=2); fig.update_yaxes(visible=False, row=2, col=2)
+    fig.update_layout(height=self.height, margin=dict(t=40, b=30, l=50, r=10), legend=dict(font=dict(size=10)))
+    self.fig = fig
+    self.traces = dict(zip(["loss", "loss_smooth", "lr", "samples"], fig.data))
+    self._index = {k: i for i, k in enumerate(self.traces)}
+    self.button = widgets.Button(description="Stop", icon="stop", button_style="danger", disabled=True,
+                                 tooltip="stop at the next step; saves a checkpoint if a directory is set")
+    self.button.on_click(lambda _: self.request_stop())
+    self.status = widgets.HTML("not started")
+    self.widget = widgets.VBox([widgets.HBox([self.button, self.status]), fig])
 
-    def _repr_mimebundle_(self, **kwargs): return self.widget._repr_mimebundle_(**kwargs)
+@patch
+def _repr_mimebundle_(self: LiveTrainingView, **kwargs): return self.widget._repr_mimebundle_(**kwargs)
 
-    def _add_bucket_trace(self, key: str):
-        self.fig.add_scatter(name=key[len(self.bucket_prefix):], mode="lines", line=dict(width=1), connectgaps=True, row=1, col=2)
-        self.traces[key], self._index[key] = self.fig.data[-1], len(self.fig.data) - 1
+@patch
+def _add_bucket_trace(self: LiveTrainingView, key: str):
+    self.fig.add_scatter(name=key[len(self.bucket_prefix):], mode="lines", line=dict(width=1), connectgaps=True, row=1, col=2)
+    self.traces[key], self._index[key] = self.fig.data[-1], len(self.fig.data) - 1
 
-    # --- Lightning hooks: every piece is guarded, the view never stops training ----------------------------
-    def on_train_start(self, trainer, pl_module): self._guard(self._start, trainer, pl_module)
+# %% ../nbs/17_live.ipynb #5ef69d3c
+@patch
+def on_train_start(self: LiveTrainingView, trainer, pl_module): self._guard(self._start, trainer, pl_module)
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if self._unrecorded: self._guard(self._record, trainer)
+@patch
+def on_train_batch_start(self: LiveTrainingView, trainer, pl_module, batch, batch_idx):
+    if self._unrecorded: self._guard(self._record, trainer)
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self._unrecorded, self._outputs = True, outputs
-        if self._stop_requested: self._guard(self._stop, trainer)
-        if self._sample_due(trainer.global_step): self._guard(self._sample, trainer, pl_module)
-        interval = push_interval(self.min_interval_s, self._draw_s, self.max_draw_fraction)
-        if should_push(time.monotonic(), self._last_push, interval): self.push()
+@patch
+def on_train_batch_end(self: LiveTrainingView, trainer, pl_module, outputs, batch, batch_idx):
+    self._unrecorded, self._outputs = True, outputs
+    if self._stop_requested: self._guard(self._stop, trainer)
+    if self._sample_due(trainer.global_step): self._guard(self._sample, trainer, pl_module)
+    interval = push_interval(self.min_interval_s, self._draw_s, self.max_draw_fraction)
+    if should_push(time.monotonic(), self._last_push, interval): self.push()
 
-    def on_train_end(self, trainer, pl_module): self._finish(trainer)
-    def on_exception(self, trainer, pl_module, exception): self._finish(trainer)
+@patch
+def on_train_end(self: LiveTrainingView, trainer, pl_module): self._finish(trainer)
+@patch
+def on_exception(self: LiveTrainingView, trainer, pl_module, exception): self._finish(trainer)
 
-    def _guard(self, fn, *args) -> bool:
-        "Run `fn(*args)`; on an exception count it, warn on the first one, and return False."
-        try: fn(*args); return True
-        except Exception as e:
-            self.errors += 1; self.last_error = e
-            if self.errors == 1:
-                warnings.warn(f"LiveTrainingView: {getattr(fn, '__name__', fn)} raised {type(e).__name__}: {e}. "
-                              "Training goes on; later errors are only counted in view.errors.", RuntimeWarning)
-            return False
+@patch
+def _guard(self: LiveTrainingView, fn, *args) -> bool:
+    "Run `fn(*args)`; on an exception count it, warn on the first one, and return False."
+    try: fn(*args); return True
+    except Exception as e:
+        self.errors += 1; self.last_error = e
+        if self.errors == 1:
+            warnings.warn(f"LiveTrainingView: {getattr(fn, '__name__', fn)} raised {type(e).__name__}: {e}. "
+                          "Training goes on; later errors are only counted in view.errors.", RuntimeWarning)
+        return False
 
-    # --- what the hooks do ------------------------------------------------------------------------------------
-    def _start(self, trainer, pl_module):
-        self.training, self._t0, self._step0, self._fit_sample_s = True, time.monotonic(), trainer.global_step, 0.0
-        self._metrics, self._metrics_live = trainer.callback_metrics, None   # Lightning updates this dict in place
-        buckets = [self.bucket_prefix + b for b in sigma_bucket_names(pl_module.sigma_bucket_edges)] \
-            if hasattr(pl_module, "sigma_bucket_edges") else []
-        for k in [self.loss_key, self.lr_key, *buckets]: self.series.setdefault(k, [math.nan] * len(self.steps))
-        for k in buckets:
-            if k not in self.traces: self._add_bucket_trace(k)
-        self.button.disabled, self.status.value = False, f"training from step {trainer.global_step}"
+# %% ../nbs/17_live.ipynb #4062caca
+@patch
+def _start(self: LiveTrainingView, trainer, pl_module):
+    self.training, self._t0, self._step0, self._fit_sample_s = True, time.monotonic(), trainer.global_step, 0.0
+    self._metrics, self._metrics_live = trainer.callback_metrics, None   # Lightning updates this dict in place
+    buckets = [self.bucket_prefix + b for b in sigma_bucket_names(pl_module.sigma_bucket_edges)] \
+        if hasattr(pl_module, "sigma_bucket_edges") else []
+    for k in [self.loss_key, self.lr_key, *buckets]: self.series.setdefault(k, [math.nan] * len(self.steps))
+    for k in buckets:
+        if k not in self.traces: self._add_bucket_trace(k)
+    self.button.disabled, self.status.value = False, f"training from step {trainer.global_step}"
 
-    def _record(self, trainer):
-        "Keep the step's logged values: a shallow copy of Lightning's metrics dict, plus the step's `outputs`."
-        if self._metrics_live is None: self._metrics_live = trainer.callback_metrics is self._metrics  # checked once
-        metrics = self._metrics if self._metrics_live else trainer.callback_metrics
-        self._pending.append((trainer.global_step, dict(metrics), self._outputs))
-        self._unrecorded, self._outputs = False, None
+@patch
+def _record(self: LiveTrainingView, trainer):
+    "Keep the step's logged values: a shallow copy of Lightning's metrics dict, plus the step's `outputs`."
+    if self._metrics_live is None: self._metrics_live = trainer.callback_metrics is self._metrics  # checked once
+    metrics = self._metrics if self._metrics_live else trainer.callback_metrics
+    self._pending.append((trainer.global_step, dict(metrics), self._outputs))
+    self._unrecorded, self._outputs = False, None
 
-    def _pick(self, metrics: dict, outputs) -> dict:
-        "The wanted metrics logged in this step (not stale re-reads); `outputs['loss']` if `loss_key` was not logged."
-        row, last, wanted = {}, self._last_seen, self._wanted_keys
-        for k, v in metrics.items():
-            if k not in wanted: wanted[k] = k in (self.loss_key, self.lr_key) or k.startswith(self.bucket_prefix)
-            if wanted[k] and not _same_value(v, last.get(k)): row[k] = last[k] = v
-        if self.loss_key not in row and isinstance(outputs, Mapping) and "loss" in outputs: row[self.loss_key] = outputs["loss"]
-        return row
+@patch
+def _pick(self: LiveTrainingView, metrics: dict, outputs) -> dict:
+    "The wanted metrics logged in this step (not stale re-reads); `outputs['loss']` if `loss_key` was not logged."
+    row, last, wanted = {}, self._last_seen, self._wanted_keys
+    for k, v in metrics.items():
+        if k not in wanted: wanted[k] = k in (self.loss_key, self.lr_key) or k.startswith(self.bucket_prefix)
+        if wanted[k] and not _same_value(v, last.get(k)): row[k] = last[k] = v
+    if self.loss_key not in row and isinstance(outputs, Mapping) and "loss" in outputs: row[self.loss_key] = outputs["loss"]
+    return row
 
-    def _flush(self):
-        "Move the pending values to the host (one transfer per device) and append them to `steps`/`series`/`loss_smooth`."
-        pending, self._pending = self._pending, []
-        rows = [(step, self._pick(metrics, outputs)) for step, metrics, outputs in pending]
-        for k in (self.loss_key, self.lr_key): self.series.setdefault(k, [math.nan] * len(self.steps))
-        values = iter(_to_floats([v for _, row in rows for v in row.values()]))
-        for step, row in rows:
-            append_row(self.series, {k: next(values) for k in row}, len(self.steps)); self.steps.append(step)
-        new = self.series[self.loss_key][len(self.loss_smooth):]
-        smoothed, self._smooth_state = ema_smooth(new, self.smoothing, self._smooth_state)
-        self.loss_smooth += smoothed
+# %% ../nbs/17_live.ipynb #dfda58a2
+@patch
+def _flush(self: LiveTrainingView):
+    "Move the pending values to the host (one transfer per device) and append them to `steps`/`series`/`loss_smooth`."
+    pending, self._pending = self._pending, []
+    rows = [(step, self._pick(metrics, outputs)) for step, metrics, outputs in pending]
+    for k in (self.loss_key, self.lr_key): self.series.setdefault(k, [math.nan] * len(self.steps))
+    values = iter(_to_floats([v for _, row in rows for v in row.values()]))
+    for step, row in rows:
+        append_row(self.series, {k: next(values) for k in row}, len(self.steps)); self.steps.append(step)
+    new = self.series[self.loss_key][len(self.loss_smooth):]
+    smoothed, self._smooth_state = ema_smooth(new, self.smoothing, self._smooth_state)
+    self.loss_smooth += smoothed
 
-    def _draw(self):
-        "Redraw every curve (thinned to `max_points`) in one restyle message; the sample grid in a second one if new."
-        for k in self.series:
-            if k.startswith(self.bucket_prefix) and k not in self.traces: self._add_bucket_trace(k)
-        th = lambda s: np.asarray(thin(s, self.max_points), dtype=np.float64)
-        curves = {"loss": self.series[self.loss_key], "loss_smooth": self.loss_smooth, "lr": self.series[self.lr_key],
-                  **{k: v for k, v in self.series.items() if k.startswith(self.bucket_prefix)}}
-        x = th(self.steps)
-        self.fig.plotly_restyle({"x": [x] * len(curves), "y": [th(y) for y in curves.values()]},
-                                trace_indexes=[self._index[k] for k in curves])
-        if self._grid_dirty:
-            self.fig.plotly_restyle({"source": _png_data_uri(self._grid)}, trace_indexes=[self._index["samples"]])
-            self._grid_dirty = False
-        self.status.value = self._status_text()
+# %% ../nbs/17_live.ipynb #059bbf9b
+@patch
+def _draw(self: LiveTrainingView):
+    "Redraw every curve (thinned to `max_points`) in one restyle message; the sample grid in a second one if new."
+    for k in self.series:
+        if k.startswith(self.bucket_prefix) and k not in self.traces: self._add_bucket_trace(k)
+    th = lambda s: np.asarray(thin(s, self.max_points), dtype=np.float64)
+    curves = {"loss": self.series[self.loss_key], "loss_smooth": self.loss_smooth, "lr": self.series[self.lr_key],
+              **{k: v for k, v in self.series.items() if k.startswith(self.bucket_prefix)}}
+    x = th(self.steps)
+    self.fig.plotly_restyle({"x": [x] * len(curves), "y": [th(y) for y in curves.values()]},
+                            trace_indexes=[self._index[k] for k in curves])
+    if self._grid_dirty:
+        self.fig.plotly_restyle({"source": _png_data_uri(self._grid)}, trace_indexes=[self._index["samples"]])
+        self._grid_dirty = False
+    self.status.value = self._status_text()
 
-    def push(self):
-        "Bring the figure up to date now (the callback does this at most every `min_interval_s` and at the end)."
-        self._guard(self._flush)
-        t = time.monotonic()
-        if self._guard(self._draw): self.pushes += 1
-        self._last_push = time.monotonic(); self._draw_s = self._last_push - t   # flushing is per-step work, not counted
+@patch
+def push(self: LiveTrainingView):
+    "Bring the figure up to date now (the callback does this at most every `min_interval_s` and at the end)."
+    self._guard(self._flush)
+    t = time.monotonic()
+    if self._guard(self._draw): self.pushes += 1
+    self._last_push = time.monotonic(); self._draw_s = self._last_push - t   # flushing is per-step work, not counted
 
-    def _status_text(self) -> str:
-        if not self.steps: return "no steps yet"
-        rate = (self.steps[-1] - self._step0) / max(time.monotonic() - (self._t0 or time.monotonic()), 1e-9)
-        text = (f"step {self.steps[-1]} · {rate:.1f} steps/s · loss {self.series[self.loss_key][-1]:.4g} "
-                f"(smoothed {self.loss_smooth[-1]:.4g}) · {self.pushes + 1} redraws")
-        if self.errors: text += f" · <b>{self.errors} view errors</b> (view.last_error)"
-        if self.stopped_checkpoint: text += f" · stopped, saved <code>{self.stopped_checkpoint}</code>"
-        return text
+@patch
+def _status_text(self: LiveTrainingView) -> str:
+    if not self.steps: return "no steps yet"
+    rate = (self.steps[-1] - self._step0) / max(time.monotonic() - (self._t0 or time.monotonic()), 1e-9)
+    text = (f"step {self.steps[-1]} · {rate:.1f} steps/s · loss {self.series[self.loss_key][-1]:.4g} "
+            f"(smoothed {self.loss_smooth[-1]:.4g}) · {self.pushes + 1} redraws")
+    if self.errors: text += f" · <b>{self.errors} view errors</b> (view.last_error)"
+    if self.stopped_checkpoint: text += f" · stopped, saved <code>{self.stopped_checkpoint}</code>"
+    return text
 
-    def _sample_due(self, step: int) -> bool:
-        elapsed = time.monotonic() - self._t0 if self._t0 is not None else 0.0
-        due, draw = sample_due(step, self.sample_every_n_steps, self._last_sample_step, self._fit_sample_s, elapsed,
-                               self.max_sample_fraction)
-        if due and not draw: self.samples_skipped += 1; self._last_sample_step = step
-        return draw
+# %% ../nbs/17_live.ipynb #71d31daa
+@patch
+def _sample_due(self: LiveTrainingView, step: int) -> bool:
+    elapsed = time.monotonic() - self._t0 if self._t0 is not None else 0.0
+    due, draw = sample_due(step, self.sample_every_n_steps, self._last_sample_step, self._fit_sample_s, elapsed,
+                           self.max_sample_fraction)
+    if due and not draw: self.samples_skipped += 1; self._last_sample_step = step
+    return draw
 
-    def _sample(self, trainer, pl_module):
-        "A sample grid from the EMA model, with fixed noise and the global RNG state restored afterwards."
-        self._last_sample_step = trainer.global_step
-        if getattr(pl_module, "sampler", None) is None or not hasattr(pl_module, "generate"): return
-        labels = self.class_labels if self.class_labels is not None else sample_class_labels(self.n_samples, _num_classes(pl_module))
-        cuda = [pl_module.device.index or 0] if pl_module.device.type == "cuda" else []
-        t = time.perf_counter()
-        try:
-            with torch.no_grad(), torch.random.fork_rng(devices=cuda), _cudnn_without_autotuning():
-                images = pl_module.generate(self.n_samples, class_labels=labels, seed=self.sample_seed)
-            self._grid, self._grid_dirty = image_grid(images), True   # image_grid copies to the host: the time is complete
-            self.samples_drawn += 1; self.sample_seconds.append(time.perf_counter() - t)
-        finally: self._fit_sample_s += time.perf_counter() - t   # a failed grid's time counts against the budget too
+@patch
+def _sample(self: LiveTrainingView, trainer, pl_module):
+    "A sample grid from the EMA model, with fixed noise and the global RNG state restored afterwards."
+    self._last_sample_step = trainer.global_step
+    if getattr(pl_module, "sampler", None) is None or not hasattr(pl_module, "generate"): return
+    labels = self.class_labels if self.class_labels is not None else sample_class_labels(self.n_samples, _num_classes(pl_module))
+    cuda = [pl_module.device.index or 0] if pl_module.device.type == "cuda" else []
+    t = time.perf_counter()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=cuda), _cudnn_without_autotuning():
+            images = pl_module.generate(self.n_samples, class_labels=labels, seed=self.sample_seed)
+        self._grid, self._grid_dirty = image_grid(images), True   # image_grid copies to the host: the time is complete
+        self.samples_drawn += 1; self.sample_seconds.append(time.perf_counter() - t)
+    finally: self._fit_sample_s += time.perf_counter() - t   # a failed grid's time counts against the budget too
 
-    # --- stopping -------------------------------------------------------------------------------------------
-    def request_stop(self):
-        "Ask training to stop at the end of the current step (what the Stop button does). Thread-safe."
-        self._stop_requested = True
-        self.button.disabled, self.status.value = True, "stopping at the end of this step…"
+# %% ../nbs/17_live.ipynb #984a50c1
+@patch
+def request_stop(self: LiveTrainingView):
+    "Ask training to stop at the end of the current step (what the Stop button does). Thread-safe."
+    self._stop_requested = True
+    self.button.disabled, self.status.value = True, "stopping at the end of this step…"
 
-    def _stop(self, trainer):
-        "In the training thread, between steps: stop the fit and save a checkpoint if a directory is known."
-        self._stop_requested, trainer.should_stop = False, True
-        folder = self.checkpoint_dir or getattr(trainer.checkpoint_callback, "dirpath", None)
-        if folder:
-            path = os.path.join(folder, f"stopped-step={trainer.global_step}.ckpt")
-            trainer.save_checkpoint(path); self.stopped_checkpoint = path
+@patch
+def _stop(self: LiveTrainingView, trainer):
+    "In the training thread, between steps: stop the fit and save a checkpoint if a directory is known."
+    self._stop_requested, trainer.should_stop = False, True
+    folder = self.checkpoint_dir or getattr(trainer.checkpoint_callback, "dirpath", None)
+    if folder:
+        path = os.path.join(folder, f"stopped-step={trainer.global_step}.ckpt")
+        trainer.save_checkpoint(path); self.stopped_checkpoint = path
 
-    def _finish(self, trainer):
-        if self._unrecorded: self._guard(self._record, trainer)
-        self.push()
-        self.training, self._stop_requested, self.button.disabled = False, False, True
+@patch
+def _finish(self: LiveTrainingView, trainer):
+    if self._unrecorded: self._guard(self._record, trainer)
+    self.push()
+    self.training, self._stop_requested, self.button.disabled = False, False, True
 
 # %% ../nbs/17_live.ipynb #bac3d3b2
 class BackgroundFit:
@@ -408,6 +435,7 @@ class BackgroundFit:
         else: state = "done" if self.exception is None else f"failed: {type(self.exception).__name__}"
         return f"BackgroundFit({state}, global_step={self.trainer.global_step})"
 
+# %% ../nbs/17_live.ipynb #24da0f21
 class _StopFlag(pl.Callback):
     "Sets `trainer.should_stop` at the next batch end once `requested` (also when asked before fit has started)."
     requested = False
@@ -446,6 +474,7 @@ def fit_in_background(trainer: pl.Trainer, # a Trainer for one device; progress 
     handle.thread = _fit_thread(); _FIT_JOBS.put(run)
     return handle
 
+# %% ../nbs/17_live.ipynb #685d3d51
 _FIT_JOBS, _FIT_THREAD, _FIT_LOCK = queue.SimpleQueue(), None, threading.Lock()
 
 def _fit_thread() -> threading.Thread:

@@ -53,6 +53,7 @@ class IdentityGuider(Guider):
     def prepare_x(self, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]: return x, s
     def __call__(self, x: Tensor, sigma: Tensor) -> Tensor: return x
 
+# %% ../nbs/12_sampling.ipynb #1b5ef380
 class VanillaCFG(Guider):
     """Classifier-free guidance `D_u + scale·(D_c − D_u)` on a doubled batch (uc first, then c).
 
@@ -104,6 +105,7 @@ def _check_sigmas(sigmas) -> Tensor:
     if len(up): i = int(up[0]); raise ValueError(f"sigmas must be strictly descending; got sigmas[{i}]={s[i].item()}, sigmas[{i+1}]={s[i+1].item()}")
     return s
 
+# %% ../nbs/12_sampling.ipynb #920759f8
 def _check_x(x) -> Tensor:
     if not isinstance(x, Tensor): raise TypeError(f"x must be a torch.Tensor of shape [B, ...]; got x of type {type(x).__name__}")
     if x.ndim < 1: raise ValueError(f"x must have a batch dimension [B, ...]; got x of shape {tuple(x.shape)}")
@@ -170,17 +172,19 @@ class BaseDiffusionSampler(Repr):
         sigma_0 = as_sigma(sigma_0, "sigma_0")
         return torch.hypot(sigma_0, torch.full_like(sigma_0, self.init_sigma_data))
 
-    def get_sigmas(self, num_steps: int | None = None, sigmas=None, device=None, dtype: torch.dtype = torch.float32) -> Tensor:
-        """The schedule `[num_steps + 1]` in `dtype`, built and checked on the CPU (then moved to `device`, if given):
-        `sigmas` if given, else `discretization(num_steps or self.num_steps)`."""
-        if sigmas is None:
-            n = _check_num_steps(self.num_steps if num_steps is None else num_steps)
-            s = _check_sigmas(_discretize(self.discretization, n, dtype))
-        else:
-            s = _check_sigmas(torch.as_tensor(sigmas, dtype=dtype, device="cpu"))
-            if num_steps is not None and _check_num_steps(num_steps) != len(s) - 1:
-                raise ValueError(f"num_steps={num_steps} disagrees with the {len(s) - 1} steps of the given sigmas")
-        return s if device is None else s.to(device)
+# %% ../nbs/12_sampling.ipynb #c47a789b
+@patch
+def get_sigmas(self: BaseDiffusionSampler, num_steps: int | None = None, sigmas=None, device=None, dtype: torch.dtype = torch.float32) -> Tensor:
+    """The schedule `[num_steps + 1]` in `dtype`, built and checked on the CPU (then moved to `device`, if given):
+    `sigmas` if given, else `discretization(num_steps or self.num_steps)`."""
+    if sigmas is None:
+        n = _check_num_steps(self.num_steps if num_steps is None else num_steps)
+        s = _check_sigmas(_discretize(self.discretization, n, dtype))
+    else:
+        s = _check_sigmas(torch.as_tensor(sigmas, dtype=dtype, device="cpu"))
+        if num_steps is not None and _check_num_steps(num_steps) != len(s) - 1:
+            raise ValueError(f"num_steps={num_steps} disagrees with the {len(s) - 1} steps of the given sigmas")
+    return s if device is None else s.to(device)
 
 def _discretize(disc, n: int, dtype: torch.dtype) -> Tensor:
     """`disc(n)` on the CPU in `dtype`: diffexplore's `Discretization`s compute in float64 and cast; any other
@@ -224,6 +228,7 @@ def __call__(self: BaseDiffusionSampler, denoiser: Callable, # `denoiser(input [
         if callback is not None: callback(dict(i=i, sigma=sigmas[i], next_sigma=sigmas[i + 1], x=x, denoised=denoised))
     return x
 
+# %% ../nbs/12_sampling.ipynb #b6035801
 def _refuse_sgm_step_hooks(cls: type):
     """`TypeError` for a subclass that overrides sgm's per-step hooks (`sampler_step`, `denoise`, or
     `possible_correction_step` with sgm's `cond, uc` arguments) below the class that wrote `step`: the loop calls
@@ -235,7 +240,6 @@ def _refuse_sgm_step_hooks(cls: type):
         if name == "possible_correction_step" and "cond" not in inspect.signature(getattr(cls, name)).parameters: continue
         raise TypeError(f"{cls.__name__} overrides {name}, which diffexplore's sampling loop does not call: it plans each step "
                         f"on the host once and runs step(p, den, x, old_denoised); override plan/step instead")
-
 
 # %% ../nbs/12_sampling.ipynb #9c4e2b71
 @patch
@@ -288,42 +292,52 @@ class EDMSampler(BaseDiffusionSampler):
         self.s_tmin, self.s_tmax = _check_nonneg(s_tmin, "s_tmin"), _check_nonneg(s_tmax, "s_tmax", allow_inf=True)
         if self.s_tmax < self.s_tmin: raise ValueError(f"s_tmax must be >= s_tmin={s_tmin}; got s_tmax={s_tmax}")
 
-    def gammas(self, sigma: Tensor, num_steps: int) -> Tensor:
-        "γ_i = min(s_churn/num_steps, √2 − 1) where s_tmin <= σ_i <= s_tmax, else 0 (Algorithm 2, line 4); shaped like `sigma`, float64."
-        window = (self.s_tmin <= sigma) & (sigma <= self.s_tmax)
-        return window.to(torch.float64) * min(self.s_churn / num_steps, 2**0.5 - 1)
+# %% ../nbs/12_sampling.ipynb #dc3c5a55
+@patch
+def gammas(self: EDMSampler, sigma: Tensor, num_steps: int) -> Tensor:
+    "γ_i = min(s_churn/num_steps, √2 − 1) where s_tmin <= σ_i <= s_tmax, else 0 (Algorithm 2, line 4); shaped like `sigma`, float64."
+    window = (self.s_tmin <= sigma) & (sigma <= self.s_tmax)
+    return window.to(torch.float64) * min(self.s_churn / num_steps, 2**0.5 - 1)
 
-    def gamma(self, sigma, num_steps: int) -> float:
-        "`gammas` of one σ (a number or 0-d tensor), as a float."
-        return float(self.gammas(torch.as_tensor(sigma, dtype=torch.float64), num_steps))
+@patch
+def gamma(self: EDMSampler, sigma, num_steps: int) -> float:
+    "`gammas` of one σ (a number or 0-d tensor), as a float."
+    return float(self.gammas(torch.as_tensor(sigma, dtype=torch.float64), num_steps))
 
-    def churn(self, sigma: Tensor, next_sigma: Tensor, gamma: Tensor) -> dict[str, Tensor]:
-        "Algorithm 2, lines 5–7, tensor form: σ̂ = σ(1 + γ), the churn noise's std `s_noise·sqrt(σ̂² − σ²)` and `dt = σ_{i+1} − σ̂`."
-        sigma_hat = sigma * (gamma + 1).to(sigma.dtype)   # (1 + γ) rounded to σ's dtype first, as sgm's σ·(γ + 1.0)
-        return dict(gamma=gamma, sigma_hat=sigma_hat, noise_std=self.s_noise * (sigma_hat**2 - sigma**2).sqrt(),
-                    next_sigma=next_sigma, dt=next_sigma - sigma_hat)
+@patch
+def churn(self: EDMSampler, sigma: Tensor, next_sigma: Tensor, gamma: Tensor) -> dict[str, Tensor]:
+    "Algorithm 2, lines 5–7, tensor form: σ̂ = σ(1 + γ), the churn noise's std `s_noise·sqrt(σ̂² − σ²)` and `dt = σ_{i+1} − σ̂`."
+    sigma_hat = sigma * (gamma + 1).to(sigma.dtype)   # (1 + γ) rounded to σ's dtype first, as sgm's σ·(γ + 1.0)
+    return dict(gamma=gamma, sigma_hat=sigma_hat, noise_std=self.s_noise * (sigma_hat**2 - sigma**2).sqrt(),
+                next_sigma=next_sigma, dt=next_sigma - sigma_hat)
 
-    def plan(self, sigmas: Tensor) -> list[SimpleNamespace]:
-        "Per step: `churn` of σ_i, σ_{i+1} and γ_i (`gammas`) over the whole schedule."
-        sigma, next_sigma = sigmas[:-1], sigmas[1:]
-        return _rows(**self.churn(sigma, next_sigma, self.gammas(sigma, len(sigma))))
+@patch
+def plan(self: EDMSampler, sigmas: Tensor) -> list[SimpleNamespace]:
+    "Per step: `churn` of σ_i, σ_{i+1} and γ_i (`gammas`) over the whole schedule."
+    sigma, next_sigma = sigmas[:-1], sigmas[1:]
+    return _rows(**self.churn(sigma, next_sigma, self.gammas(sigma, len(sigma))))
 
-    def step(self, p, den, x, old_denoised):
-        "Churn to σ̂ (noise only where γ > 0), an Euler step to σ_{i+1} and the subclass's correction."
-        if p.gamma > 0: x = x + p.noise_std * torch.randn_like(x)
-        denoised = den(x, p.sigma_hat)
-        d = _slope(x, p.sigma_hat, denoised)
-        return self.possible_correction_step(x + p.dt * d, x, d, p.dt, p.next_sigma, den), denoised
+# %% ../nbs/12_sampling.ipynb #54719c7c
+@patch
+def step(self: EDMSampler, p, den, x, old_denoised):
+    "Churn to σ̂ (noise only where γ > 0), an Euler step to σ_{i+1} and the subclass's correction."
+    if p.gamma > 0: x = x + p.noise_std * torch.randn_like(x)
+    denoised = den(x, p.sigma_hat)
+    d = _slope(x, p.sigma_hat, denoised)
+    return self.possible_correction_step(x + p.dt * d, x, d, p.dt, p.next_sigma, den), denoised
 
-    def sampler_step(self, sigma, next_sigma, denoiser, x, cond, uc=None, gamma=0.0) -> tuple[Tensor, Tensor]:
-        "One step from `sigma` > 0 to `next_sigma` in [0, σ] with churn `gamma` >= 0 (`ValueError` otherwise). Returns `(x_next, denoised)`."
-        _check_step(sigma, next_sigma)
-        s = _host_sigmas(x, sigma, next_sigma)
-        p = _rows(**self.churn(s[:1], s[1:], torch.full_like(s[:1], _check_nonneg(gamma, "gamma"), dtype=torch.float64)))[0]
-        return self.step(p, self.guided_denoiser(denoiser, cond, uc), x, None)
+@patch
+def sampler_step(self: EDMSampler, sigma, next_sigma, denoiser, x, cond, uc=None, gamma=0.0) -> tuple[Tensor, Tensor]:
+    "One step from `sigma` > 0 to `next_sigma` in [0, σ] with churn `gamma` >= 0 (`ValueError` otherwise). Returns `(x_next, denoised)`."
+    _check_step(sigma, next_sigma)
+    s = _host_sigmas(x, sigma, next_sigma)
+    p = _rows(**self.churn(s[:1], s[1:], torch.full_like(s[:1], _check_nonneg(gamma, "gamma"), dtype=torch.float64)))[0]
+    return self.step(p, self.guided_denoiser(denoiser, cond, uc), x, None)
 
-    def possible_correction_step(self, euler_step, x, d, dt: float, next_sigma: float, den) -> Tensor: return euler_step
+@patch
+def possible_correction_step(self: EDMSampler, euler_step, x, d, dt: float, next_sigma: float, den) -> Tensor: return euler_step
 
+# %% ../nbs/12_sampling.ipynb #5262e7bb
 class EulerEDMSampler(EDMSampler):
     "First-order Euler steps on the probability-flow ODE, with optional churn (Karras et al. 2022, Alg. 2 without line 8). N denoiser calls."
 
@@ -351,6 +365,7 @@ def _ancestral(sigma_from: Tensor, sigma_to: Tensor, eta: float) -> tuple[Tensor
     sigma_down = (sigma_to**2 - sigma_up**2).clamp(min=0) ** 0.5
     return sigma_down, sigma_up
 
+# %% ../nbs/12_sampling.ipynb #6a9b17d4
 class EulerAncestralSampler(BaseDiffusionSampler):
     """Euler step down to σ_↓ plus fresh noise of std `s_noise`·σ_↑ (k-diffusion `sample_euler_ancestral`). N denoiser calls.
 
@@ -404,6 +419,7 @@ def _dpmpp_2m(x: Tensor, denoised: Tensor, old_denoised: Tensor | None, p: Simpl
     if old_denoised is not None and p.next_sigma > 0: denoised = _dpmpp_2m_mix(denoised, old_denoised, p.w, p.w_old)
     return p.ratio * x - p.em1 * denoised
 
+# %% ../nbs/12_sampling.ipynb #8487084f
 def dpmpp_2m_step(x: Tensor, denoised: Tensor, sigma, next_sigma, old_denoised: Tensor | None = None,
                   previous_sigma=None) -> Tensor:
     """One DPM-Solver++(2M) update of `x` from `sigma` > 0 to `next_sigma` >= 0 (scalars or 0-d tensors).
@@ -417,6 +433,7 @@ def dpmpp_2m_step(x: Tensor, denoised: Tensor, sigma, next_sigma, old_denoised: 
     s = _host_sigmas(x, sigma, next_sigma, sigma if previous_sigma is None else previous_sigma)
     return _dpmpp_2m(x, denoised, old_denoised, _dpmpp_2m_plan(s[:1], s[1:2], s[2:])[0])
 
+# %% ../nbs/12_sampling.ipynb #989a6976
 class DPMPP2MSampler(BaseDiffusionSampler):
     """DPM-Solver++(2M): multistep second order in λ = −ln σ, one denoiser call per step.
 

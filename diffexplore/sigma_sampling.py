@@ -8,6 +8,7 @@ import math
 from typing import Literal
 
 import torch
+from fastcore.basics import patch
 from torch import Tensor
 
 from .core import Repr, as_sigma, check_positive, check_int
@@ -55,34 +56,39 @@ class EDMSampling(Repr):
                              f"(exp overflowed or underflowed); use a p_mean/p_std that keep ln σ within about ±80")
         return sigma
 
-    def _z(self, sigma) -> Tensor: return (as_sigma(sigma, allow_inf=True).log() - self.p_mean) / self.p_std
+# %% ../nbs/03_sigma_sampling.ipynb #145b330c
+@patch
+def _z(self: EDMSampling, sigma) -> Tensor: return (as_sigma(sigma, allow_inf=True).log() - self.p_mean) / self.p_std
 
-    def cdf(self, sigma) -> Tensor:
-        "P(σ' < `sigma`) = Φ((ln σ − p_mean)/p_std), shaped like `sigma` (σ ≥ 0, ∞ allowed: cdf(0) = 0, cdf(∞) = 1)."
-        return torch.special.ndtr(self._z(sigma))
+@patch
+def cdf(self: EDMSampling, sigma) -> Tensor:
+    "P(σ' < `sigma`) = Φ((ln σ − p_mean)/p_std), shaped like `sigma` (σ ≥ 0, ∞ allowed: cdf(0) = 0, cdf(∞) = 1)."
+    return torch.special.ndtr(self._z(sigma))
 
-    def pdf(self, sigma, # σ ≥ 0 (∞ allowed), any shape
-            wrt: Literal["sigma", "log_sigma", "log10_sigma"] = "sigma", # density per unit σ, ln σ or log10 σ
-           ) -> Tensor: # the density at `sigma`, ≥ 0, shaped like `sigma`; 0 at σ = 0 and σ = ∞
-        "Density of the drawn σ, per unit `wrt`. Raises `ValueError` for an unknown `wrt` or a negative/NaN σ."
-        if wrt not in ("sigma", "log_sigma", "log10_sigma"):
-            raise ValueError(f"wrt must be 'sigma', 'log_sigma' or 'log10_sigma'; got wrt={wrt!r}")
-        per_ln = torch.exp(-self._z(sigma) ** 2 / 2) / (self.p_std * math.sqrt(2 * math.pi))
-        if wrt == "log_sigma": return per_ln
-        if wrt == "log10_sigma": return per_ln * math.log(10)
-        s = as_sigma(sigma, allow_inf=True)
-        return torch.where(s > 0, per_ln / s, torch.zeros_like(per_ln))
+@patch
+def pdf(self: EDMSampling, sigma, # σ ≥ 0 (∞ allowed), any shape
+        wrt: Literal["sigma", "log_sigma", "log10_sigma"] = "sigma", # density per unit σ, ln σ or log10 σ
+       ) -> Tensor: # the density at `sigma`, ≥ 0, shaped like `sigma`; 0 at σ = 0 and σ = ∞
+    "Density of the drawn σ, per unit `wrt`. Raises `ValueError` for an unknown `wrt` or a negative/NaN σ."
+    if wrt not in ("sigma", "log_sigma", "log10_sigma"):
+        raise ValueError(f"wrt must be 'sigma', 'log_sigma' or 'log10_sigma'; got wrt={wrt!r}")
+    per_ln = torch.exp(-self._z(sigma) ** 2 / 2) / (self.p_std * math.sqrt(2 * math.pi))
+    if wrt == "log_sigma": return per_ln
+    if wrt == "log10_sigma": return per_ln * math.log(10)
+    s = as_sigma(sigma, allow_inf=True)
+    return torch.where(s > 0, per_ln / s, torch.zeros_like(per_ln))
 
-    def quantile(self, q) -> Tensor:
-        "σ with `cdf(σ) = q`, for q in [0, 1] (0 → 0, 1 → ∞), shaped like `q`. Raises `ValueError` for q outside [0, 1]."
-        q = torch.as_tensor(q, dtype=torch.get_default_dtype()) if not isinstance(q, Tensor) else q
-        if not bool(((q >= 0) & (q <= 1)).all()): raise ValueError(f"q must be in [0, 1]; got q={q.tolist() if q.numel() <= 8 else q}")
-        return torch.exp(self.p_mean + self.p_std * torch.special.ndtri(q))
+@patch
+def quantile(self: EDMSampling, q) -> Tensor:
+    "σ with `cdf(σ) = q`, for q in [0, 1] (0 → 0, 1 → ∞), shaped like `q`. Raises `ValueError` for q outside [0, 1]."
+    q = torch.as_tensor(q, dtype=torch.get_default_dtype()) if not isinstance(q, Tensor) else q
+    if not bool(((q >= 0) & (q <= 1)).all()): raise ValueError(f"q must be in [0, 1]; got q={q.tolist() if q.numel() <= 8 else q}")
+    return torch.exp(self.p_mean + self.p_std * torch.special.ndtri(q))
 
-    @property
-    def median(self) -> float: return math.exp(self.p_mean)
-    @property
-    def mean(self) -> float: return math.exp(self.p_mean + self.p_std ** 2 / 2)
+@patch(as_prop=True)
+def median(self: EDMSampling) -> float: return math.exp(self.p_mean)
+@patch(as_prop=True)
+def mean(self: EDMSampling) -> float: return math.exp(self.p_mean + self.p_std ** 2 / 2)
 
 # %% ../nbs/03_sigma_sampling.ipynb #03757c48
 class DiscreteSampling(Repr):

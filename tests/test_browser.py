@@ -2,9 +2,10 @@
 
 Starts `jupyter lab` on a free port with a random token and throw-away HOME/config/data/runtime/settings
 dirs (nothing leaks into the repo or the user's Jupyter), opens `nbs/16a_explorers_demo.ipynb`, runs all
-cells, moves ScalingExplorer's σ slider with the keyboard and checks, in the page, that the plotly marker
-moved and the readout changed. Screenshot: `test-artifacts/explorer.png`. The notebook file is checked to be
-unchanged afterwards (autosave is off). Skipped only when chromium or playwright is not installed.
+cells, checks that the three explorers and their static copies are drawn, moves ScalingExplorer's σ slider with
+the keyboard and checks, in the page, that the plotly marker moved and the readout changed. Screenshot:
+`test-artifacts/explorer.png`. The notebook file is checked to be unchanged afterwards (autosave is off).
+Skipped only when chromium or playwright is not installed (a chromium that cannot be executed counts as absent).
 """
 import json, os, secrets, shutil, signal, socket, subprocess, sys, time, urllib.request
 from pathlib import Path
@@ -25,7 +26,8 @@ except ImportError:
 
 pytestmark = [
     pytest.mark.skipif(sync_playwright is None, reason="playwright is not installed (pip install playwright; no `playwright install` needed)"),
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed (apt-get install -y chromium)"),
+    pytest.mark.skipif(not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)),   # a file that cannot run is no browser
+                       reason="chromium is not installed (apt-get install -y chromium)"),
 ]
 
 
@@ -92,8 +94,11 @@ def jupyter_lab(tmp_path):
         log.close()
 
 
+# `.jupyter-widgets .js-plotly-plot`: the explorers' live figures (FigureWidgets inside widget containers). Each cell
+# also shows a static copy (`display(go.Figure(view.fig))`, drawn by JupyterLab's plotly renderer: `.jp-RenderedPlotly`).
+
 MARKER_X = """() => {
-  const gd = [...document.querySelectorAll('.js-plotly-plot')].find(g => (g.data || []).some(t => t.name === 'σ marker c_skip'));
+  const gd = [...document.querySelectorAll('.jupyter-widgets .js-plotly-plot')].find(g => (g.data || []).some(t => t.name === 'σ marker c_skip'));
   if (!gd) return null;
   const m = gd.data.find(t => t.name === 'σ marker c_skip');
   const pt = gd.querySelector('.scatterlayer .trace:last-child .point');
@@ -102,11 +107,11 @@ MARKER_X = """() => {
 
 
 CURVE_X = """() => {
-  const gd = [...document.querySelectorAll('.js-plotly-plot')].find(g => (g.data || []).some(t => t.name === 'σ marker c_skip'));
+  const gd = [...document.querySelectorAll('.jupyter-widgets .js-plotly-plot')].find(g => (g.data || []).some(t => t.name === 'σ marker c_skip'));
   const x = gd.data.find(t => t.name === 'EDM').x;
   return x ? {n: x.length, first: x[0], last: x[x.length - 1]} : {n: 0};
 }"""
-ARRAY_SIZES = """() => [...document.querySelectorAll('.js-plotly-plot')].map(gd => gd.data.map(t =>
+ARRAY_SIZES = """() => [...document.querySelectorAll('.jupyter-widgets .js-plotly-plot')].map(gd => gd.data.map(t =>
   t.type === 'heatmap' ? (t.z ? t.z.length : 0) : Math.min(t.x ? t.x.length : 0, t.y ? t.y.length : 0)))"""
 
 
@@ -156,7 +161,8 @@ def test_scaling_explorer_in_jupyterlab(jupyter_lab):
             before, text_before = page.evaluate(MARKER_X), readout.inner_text()
             curve_x = page.evaluate(CURVE_X)   # the curves reached the page with their σ values
             assert curve_x["n"] == 400 and curve_x["first"] == pytest.approx(1e-3) and curve_x["last"] == pytest.approx(1e3)
-            page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 3")
+            page.wait_for_function("() => document.querySelectorAll('.jupyter-widgets .js-plotly-plot').length >= 3")
+            page.wait_for_function("() => document.querySelectorAll('.jp-RenderedPlotly.js-plotly-plot').length >= 3")   # the static copies
             _assert_all_traces_have_data(page)
             assert before["x"][0] == pytest.approx(1.0) and "σ = 1," in text_before
 

@@ -1,4 +1,4 @@
-"Tests of diffexplore.conditioning, including bug case BC14 (CFG dropout must act on every conditioning)."
+"Tests of diffexplore.conditioning, including lucidrains/DALLE2-pytorch #144 (CFG dropout must act on every conditioning)."
 import math
 
 import pytest
@@ -27,8 +27,8 @@ def batch():
             "img_emb": torch.randn(4, 6), "lowres": torch.randn(4, 1, 4, 4)}
 
 
-# ---------------------------------------------------------------- BC14: rate 1, rate 0, legacy value
-def test_bc14_rate_one_zeroes_every_output_of_every_embedder(batch):
+# ---------------------------------------------------------------- CFG dropout: rate 1, rate 0, legacy value
+def test_cfg_dropout_rate_one_zeroes_every_output_of_every_embedder(batch):
     torch.manual_seed(0)
     cond = GeneralConditioner([CharEmbedder(5, max_length=8, return_pooled=True, input_key="txt", ucg_rate=1.0),
                                ClassEmbedder(3, input_key="cls", ucg_rate=1.0),
@@ -41,7 +41,7 @@ def test_bc14_rate_one_zeroes_every_output_of_every_embedder(batch):
         assert torch.equal(t, torch.zeros_like(t)), key
 
 
-def test_bc14_legacy_value_is_encoded_not_zeroed(batch):
+def test_cfg_dropout_legacy_value_is_encoded_not_zeroed(batch):
     torch.manual_seed(0)
     txt = CharEmbedder(5, max_length=8, return_pooled=True)
     cond = GeneralConditioner([{"target": "diffexplore.conditioning.CharEmbedder",
@@ -57,7 +57,7 @@ def test_bc14_legacy_value_is_encoded_not_zeroed(batch):
     assert batch["txt"] == captions  # the caller's batch is not modified (sgm writes into it)
 
 
-def test_bc14_legacy_value_for_tensor_inputs(batch):
+def test_cfg_dropout_legacy_value_for_tensor_inputs(batch):
     "legacy_ucg_value also replaces tensor inputs before encoding (here: class 0 as 'no class')"
     torch.manual_seed(0)
     emb = ClassEmbedder(3, input_key="cls", ucg_rate=1.0, legacy_ucg_value=0)
@@ -65,7 +65,7 @@ def test_bc14_legacy_value_for_tensor_inputs(batch):
     torch.testing.assert_close(c["vector"], emb.embedding.weight[[0, 0, 0, 0]], rtol=0, atol=0)
 
 
-def test_bc14_rate_zero_is_bit_identical_and_draws_nothing(batch):
+def test_cfg_dropout_rate_zero_is_bit_identical_and_draws_nothing(batch):
     torch.manual_seed(0)
     emb = ClassEmbedder(3, input_key="cls", ucg_rate=0.0)
     txt = CharEmbedder(4, input_key="txt", ucg_rate=0.0)
@@ -77,8 +77,8 @@ def test_bc14_rate_zero_is_bit_identical_and_draws_nothing(batch):
     assert torch.equal(c["crossattn"], txt(batch["txt"]))
 
 
-# ---------------------------------------------------------------- BC14: sampling pairs
-def test_bc14_uncond_pairs_have_no_dropout_and_restore_rates():
+# ---------------------------------------------------------------- CFG dropout: sampling pairs
+def test_cfg_dropout_uncond_pairs_have_no_dropout_and_restore_rates():
     torch.manual_seed(0)
     cond = GeneralConditioner([ClassEmbedder(3, input_key="cls", ucg_rate=0.1, is_trainable=True),
                                CharEmbedder(4, input_key="txt", ucg_rate=0.1)]).train()
@@ -93,7 +93,7 @@ def test_bc14_uncond_pairs_have_no_dropout_and_restore_rates():
     assert dropped_rows(cond(b)["vector"]).any()  # and training dropout is active again
 
 
-def test_bc14_rates_restored_on_exception():
+def test_cfg_dropout_rates_restored_on_exception():
     cond = GeneralConditioner([ClassEmbedder(3, input_key="cls", ucg_rate=0.1)])
     with pytest.raises(ValueError, match="class label 12 out of range for n_classes=10"):
         cond.get_unconditional_conditioning({"cls": torch.tensor([12])})
@@ -110,7 +110,7 @@ def test_uncond_with_batch_uc_and_force_cond_zero(batch):
     assert torch.equal(c["crossattn"], txt(batch["txt"]))
 
 
-# ---------------------------------------------------------------- BC14: statistics
+# ---------------------------------------------------------------- CFG dropout: statistics
 def stat_conditioner(ucg_joint=False, rate=RATE):
     torch.manual_seed(0)
     return GeneralConditioner([ClassEmbedder(2, input_key="a", ucg_rate=rate),
@@ -127,21 +127,21 @@ def within_3se(frac, p, n=N_STAT):
     return abs(frac - p) <= 3 * math.sqrt(p * (1 - p) / n)
 
 
-def test_bc14_dropped_fraction_per_embedder():
+def test_cfg_dropout_dropped_fraction_per_embedder():
     da, db = stat_drops(stat_conditioner())
     for d in (da, db):
         f = d.float().mean().item()
         assert abs(f - 0.1) <= 0.0028, f  # 3 standard errors at 1e5 samples
 
 
-def test_bc14_two_embedders_are_dropped_independently():
+def test_cfg_dropout_two_embedders_are_dropped_independently():
     da, db = stat_drops(stat_conditioner())
     both, any_ = (da & db).float().mean().item(), (da | db).float().mean().item()
     assert within_3se(both, 0.010000), both
     assert within_3se(any_, 0.19000), any_
 
 
-def test_bc14_joint_drop_gives_fully_unconditional_at_rate():
+def test_cfg_dropout_joint_drop_gives_fully_unconditional_at_rate():
     da, db = stat_drops(stat_conditioner(ucg_joint=True))
     assert torch.equal(da, db)
     assert within_3se(da.float().mean().item(), 0.1)

@@ -6,8 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from diffexplore.data import (ArrayDataModule, DigitsDataModule, FashionMNISTDataModule, ImageFolderDataModule,
-                              datamodule_from_name, read_idx, to_model_range)
+from diffexplore.data import (ArrayDataModule, DigitsDataModule, FashionMNISTDataModule, ImageFolderDataModule, MNISTLoader,
+                              CIFAR10Loader, CIFAR10_FILES, datamodule_from_name, read_idx, read_cifar_batch, to_model_range)
+from diffexplore.core import instantiate_from_config
 
 FASHION_ROOT = Path("/usr/share/datasets/fashion-mnist")
 HAVE_FASHION = all((FASHION_ROOT / f).is_file() for f in
@@ -170,5 +171,115 @@ def test_registry():
     assert isinstance(datamodule_from_name("digits"), DigitsDataModule)
     assert isinstance(datamodule_from_name("fashion_mnist"), FashionMNISTDataModule)
     assert isinstance(datamodule_from_name("arrays", images=np.zeros((4, 4, 4))), ArrayDataModule)
-    with pytest.raises(ValueError, match="digits"): datamodule_from_name("mnist")
+    with pytest.raises(ValueError, match="digits"): datamodule_from_name("imagenet")
+    assert datamodule_from_name("mnist", batch_size=2).name == "mnist" and datamodule_from_name("cifar10", batch_size=2).name == "cifar10"
     assert repr(DigitsDataModule(batch_size=7)).startswith("DigitsDataModule(batch_size=7")
+
+
+
+# --- sgm's toy loaders: MNIST-format idx files and CIFAR-10 python batches, written small here ---
+import gzip, pickle, struct
+
+
+def write_idx(path, array, gz=True):
+    "An idx file of uint8 `array` (MNIST's format: 0, 0, 0x08, ndim, then each dim as a big-endian uint32)."
+    a = np.asarray(array, dtype=np.uint8)
+    data = bytes([0, 0, 8, a.ndim]) + struct.pack(f">{a.ndim}I", *a.shape) + a.tobytes()
+    (gzip.open if gz else open)(path, "wb").write(data)
+
+
+def write_mnist(root, n_train=10, n_test=4, seed=0, gz=True):
+    "A tiny MNIST-format folder: images[i] is filled with the value 20·i (so order and scaling can be read back), labels i % 10."
+    root = Path(root); root.mkdir(parents=True, exist_ok=True)
+    sfx = ".gz" if gz else ""
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        write_idx(root / f"{split}-images-idx3-ubyte{sfx}", np.stack([np.full((28, 28), (20 * i) % 256) for i in range(n)]), gz)
+        write_idx(root / f"{split}-labels-idx1-ubyte{sfx}", np.arange(n) % 10, gz)
+    return root
+
+
+def write_cifar(root, per_batch=2, str_keys=False):
+    "A tiny CIFAR-10 folder: data_batch_1..5 and test_batch; image i of batch j is flat colour (R, G, B) = (10·j, 20·i, 200)."
+    root = Path(root); root.mkdir(parents=True, exist_ok=True)
+    for j, name in enumerate(CIFAR10_FILES):
+        data = np.stack([np.repeat(np.array([10 * j, (20 * i) % 256, 200], np.uint8), 1024) for i in range(per_batch)])
+        d = {"data": data, "labels": [(j + i) % 10 for i in range(per_batch)]}
+        with open(root / name, "wb") as f: pickle.dump(d if str_keys else {k.encode(): v for k, v in d.items()}, f)
+    return root
+
+
+def test_mnist_loader_reads_idx_files_as_sgm_batches(tmp_path):
+    root = write_mnist(tmp_path / "m")
+    dm = MNISTLoader(batch_size=4, root=str(root), shuffle=False)
+    dm.setup("fit")
+    batches = list(dm.train_dataloader())
+    assert [len(b["cls"]) for b in batches] == [4, 4, 2]                 # sgm's DataLoader keeps the last short batch
+    x = torch.cat([b["jpg"] for b in batches])
+    _check_batch(batches[0], 1, 28)
+    torch.testing.assert_close(x[:, 0, 0, 0], torch.tensor([20 * i / 127.5 - 1 for i in range(10)]))   # p/127.5 − 1, file order
+    assert torch.equal(torch.cat([b["cls"] for b in batches]), torch.arange(10))
+    assert (dm.channels, dm.image_size, dm.num_classes, len(dm.val_images())) == (1, 28, 10, 4)
+
+
+def test_mnist_loader_shuffles_each_epoch_and_finds_torchvision_layout(tmp_path):
+    write_mnist(tmp_path / "MNIST" / "raw", gz=False)                   # torchvision's layout under sgm's root ".data/"
+    dm = MNISTLoader(batch_size=10, root=str(tmp_path), seed=1)
+    loader = dm.train_dataloader()
+    e0 = next(iter(loader))["cls"].tolist(); loader.sampler.set_epoch(1); e1 = next(iter(loader))["cls"].tolist()
+    assert sorted(e0) == sorted(e1) == list(range(10)) and e0 != e1 and e0 != list(range(10))
+
+
+def test_mnist_loader_workers_and_prefetch(tmp_path):
+    root = write_mnist(tmp_path)
+    assert MNISTLoader(batch_size=2, num_workers=1, prefetch_factor=3, root=str(root)).train_dataloader().prefetch_factor == 3
+    assert MNISTLoader(batch_size=2, num_workers=0, prefetch_factor=3, root=str(root)).train_dataloader().num_workers == 0   # no workers: unused
+    with pytest.raises(ValueError, match="prefetch_factor=0"): MNISTLoader(batch_size=2, prefetch_factor=0)
+    with pytest.raises(ValueError, match="shuffle='no'"): MNISTLoader(batch_size=2, shuffle="no")
+
+
+def test_mnist_loader_missing_files_one_line(tmp_path):
+    write_mnist(tmp_path); (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(FileNotFoundError) as e: MNISTLoader(batch_size=2, root=str(tmp_path)).setup()
+    msg = str(e.value)
+    assert "\n" not in msg and f"root={str(tmp_path)!r}" in msg and "data.params.root=" in msg and "MNIST/raw" in msg
+
+
+def test_sgm_paths_build_our_loaders(tmp_path):
+    root = write_mnist(tmp_path / "m")
+    dm = instantiate_from_config({"target": "sgm.data.mnist.MNISTLoader", "params": {"batch_size": 3, "num_workers": 0, "root": str(root)}})
+    assert type(dm) is MNISTLoader and dm.batch_size == 3
+    c = instantiate_from_config({"target": "sgm.data.cifar10.CIFAR10Loader", "params": {"batch_size": 3, "root": str(write_cifar(tmp_path / "c"))}})
+    assert type(c) is CIFAR10Loader
+
+
+@needs_fashion
+def test_fashion_mnist_files_stand_in_for_mnist():
+    dm = MNISTLoader(batch_size=512, root=str(FASHION_ROOT))
+    dm.setup()
+    assert len(dm.train_images()) == 60000 and len(dm.val_images()) == 10000
+    assert torch.equal(dm.train_labels(), FashionMNISTDataModule().train_labels())
+    assert len(dm.train_dataloader()) == 118                                # 60000 / 512, the short last batch kept
+
+
+@pytest.mark.parametrize("str_keys", [False, True])
+def test_cifar10_loader_reads_python_batches(tmp_path, str_keys):
+    root = write_cifar(tmp_path / "cifar-10-batches-py", str_keys=str_keys)
+    dm = CIFAR10Loader(batch_size=4, root=str(tmp_path), shuffle=False)     # torchvision's layout: root/cifar-10-batches-py
+    b = next(iter(dm.train_dataloader()))
+    _check_batch(b, 3, 32)
+    px = ((b["jpg"][:, :, 5, 7] + 1) * 127.5).round().to(torch.int64)
+    assert px.tolist() == [[0, 0, 200], [0, 20, 200], [10, 0, 200], [10, 20, 200]]   # R, G, B planes; batches 1 and 2 in order
+    assert b["cls"].tolist() == [0, 1, 1, 2]
+    assert len(dm.train_images()) == 10 and dm.val_labels().tolist() == [5, 6] and dm.num_classes == 10
+    assert [len(x["cls"]) for x in dm.train_dataloader()] == [4, 4, 2]
+
+
+def test_cifar10_loader_errors(tmp_path):
+    root = write_cifar(tmp_path)
+    (root / "data_batch_3").unlink()
+    with pytest.raises(FileNotFoundError) as e: CIFAR10Loader(batch_size=2, root=str(root)).setup()
+    assert "\n" not in str(e.value) and f"root={str(root)!r}" in str(e.value) and "data.params.root=" in str(e.value)
+    write_cifar(root)
+    with open(root / "data_batch_3", "wb") as f: pickle.dump({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}, f)
+    with pytest.raises(ValueError, match="data_batch_3 is not a CIFAR-10 python batch.*data uint8 \\(2, 100\\)"): CIFAR10Loader(batch_size=2, root=str(root)).setup()
+    with pytest.raises(ValueError, match="not a CIFAR-10 python batch"): read_cifar_batch(tmp_path / "nope.txt") if (tmp_path / "nope.txt").write_text("x") else None

@@ -1,6 +1,6 @@
 """Checks of `diffexplore.discretizer` and `diffexplore.sigma_sampling` that do not belong in the tutorial:
 every bad input, agreement with sgm's own formulas over many n, exact end points for many parameters,
-and the rare-tail frequencies of bugcases BC03/BC07 measured with enough draws to see them."""
+and the rare-tail frequencies of lucidrains/alphafold3-pytorch #68 and huggingface/diffusers #6041 measured with enough draws to see them."""
 import math
 import random
 import re
@@ -129,7 +129,7 @@ def test_legacy_table():
     torch.testing.assert_close(d.betas[[0, -1]], torch.tensor([0.00085, 0.012], dtype=torch.float64))
     # the VP <-> VE identity: alphabar = 1 / (1 + sigma^2)
     torch.testing.assert_close(d.alphas_cumprod, 1 / (1 + d.sigmas ** 2))
-    # BC05: a finite top sigma (no zero terminal SNR in this schedule)
+    # huggingface/diffusers #3851: a finite top sigma (no zero terminal SNR in this schedule)
     assert math.isfinite(d.sigmas[-1].item()) and d.alphas_cumprod[-1].item() > 0
     # one-step table
     one = LegacyDDPMDiscretization(num_timesteps=1)
@@ -203,7 +203,7 @@ def test_edm_sampling_analytic_consistency():
     assert s.cdf(s.median).item() == pytest.approx(0.5, abs=1e-7)
 
 
-def test_bc07_edm_tail_below_sigma_min_measured():
+def test_edm_tail_below_sigma_min_measured():
     "P(sigma < 0.002) = 1.4650e-05: too rare for 1e5 draws; 1e7 draws see ~146 of them (3 binomial std ~ 36)."
     torch.manual_seed(1)
     s, n, p = EDMSampling(), 10_000_000, 1.4650e-05
@@ -212,7 +212,7 @@ def test_bc07_edm_tail_below_sigma_min_measured():
     assert abs(count - n * p) < 3 * math.sqrt(n * p * (1 - p)), count
 
 
-def test_bc07_edm_statistics_other_seeds():
+def test_edm_statistics_other_seeds():
     "mean/std of ln sigma within 3 standard errors, for a few seeds and non-default parameters."
     for seed, (pm, ps) in enumerate([(-1.2, 1.2), (0.0, 0.5), (1.0, 2.0)]):
         torch.manual_seed(seed)
@@ -221,7 +221,7 @@ def test_bc07_edm_statistics_other_seeds():
         assert abs(ln.std().item() - ps) < 3 * ps / math.sqrt(2 * n)
 
 
-def test_bc03_fp16_overflow_frequency_measured():
+def test_fp16_overflow_frequency_measured():
     "P(sigma < 0.0039073) = 1.4687e-04 per sample; 3.6904e-02 of batches of 256 contain one."
     s, p, pb = EDMSampling(), 1.4687e-04, 3.6904e-02
     assert s.cdf(torch.tensor(0.0039073, dtype=torch.float64)).item() == pytest.approx(p, rel=1e-4)
@@ -264,7 +264,7 @@ def test_discrete_sampling_bad_input():
 
 
 def test_discrete_sampling_never_draws_zero():
-    "BC03: sigma = 0 must never reach the weighting; the appended zero is refused where it would be drawn."
+    "sigma = 0 must never reach the weighting (its weight is infinite); the appended zero is refused where it would be drawn."
     with pytest.raises(ValueError, match="do_append_zero=True"):
         DiscreteSampling(EDMDiscretization(), 10, do_append_zero=True, flip=True)
     ds = DiscreteSampling(EDMDiscretization(), 10, do_append_zero=True, flip=False)

@@ -66,6 +66,33 @@ def test_cuda_graph_policy_main_thread_and_no_accumulation(monkeypatch):
     assert e.compiled_step.cuda_graphs is True
 
 
+def test_compiled_step_compiles_again_with_graphs_on_the_main_thread(monkeypatch):
+    "A worker thread's first call compiles without graphs; the main thread's next call compiles again, with them."
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda fn, mode=None, dynamic=None: calls.append((mode, dynamic)) or fn)   # records, runs eagerly
+    step = CompiledStep(lambda z: z.sum(1), cuda_graphs=True)
+    worker = []
+    th = threading.Thread(target=lambda: (step(torch.ones(4, 3)), worker.append((step.graphs, step.shape)))); th.start(); th.join()
+    assert worker == [(False, (4, 3))]
+    step(torch.ones(4, 3))
+    assert step.graphs is True and calls == [(None, False), ("reduce-overhead", False)]
+
+
+def test_engine_wraps_a_raw_network_once():
+    "sgm's DiffusionEngine wraps its network (OpenAIWrapper by default); a wrapper is not wrapped again, so its keys stay."
+    from diffexplore.networks import IdentityWrapper
+    wrapped = _engine()
+    assert type(wrapped.model) is OpenAIWrapper and list(wrapped.state_dict())[0].startswith("model.diffusion_model.")
+    raw = DiffusionEngine(build_unet("tiny", in_channels=3, sample_size=8), Denoiser(EDMScaling(0.5)),
+                          StandardDiffusionLoss(EDMSampling(), EDMWeighting(0.5)))
+    assert type(raw.model) is OpenAIWrapper and list(raw.state_dict()) == list(wrapped.state_dict())   # same keys either way
+    ident = DiffusionEngine(build_unet("tiny", in_channels=3, sample_size=8), Denoiser(EDMScaling(0.5)),
+                            StandardDiffusionLoss(EDMSampling(), EDMWeighting(0.5)), network_wrapper="sgm.modules.diffusionmodules.wrappers.IdentityWrapper")
+    assert type(ident.model) is IdentityWrapper
+    e = _engine()
+    _trainer(2).fit(e, _data(8))                                             # the wrapped network trains through the cond dict
+
+
 def _user_components():
     "A scaling, weighting and σ sampler as plain functions with sgm's calls: no diffexplore class, no `check`/`unchecked`."
     def scaling(sigma):
@@ -167,6 +194,7 @@ def test_cli_no_fast_switches():
     assert cli._parser().parse_args(["train", "--config", "c.yaml"]).no_fast == []
     with pytest.raises(SystemExit): cli._parser().parse_args(["train", "--no-fast", "turbo"])
     assert set(FAST_SWITCHES) == {"bf16", "tf32", "benchmark", "compile", "cuda_graphs", "async_checks"}
+    assert cli.NO_FAST == FAST_SWITCHES      # the CLI's copy of the names, kept so that parsing imports no torch
 
 
 def test_fast_gpu_settings_progress_bar_refresh():

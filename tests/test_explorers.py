@@ -93,7 +93,7 @@ def test_target_std_uses_one_noise_draw_and_checks_sigma(digits):
     with pytest.raises(ValueError, match="sigma"): target_std_curve(EDMScaling(), digits, [0.5, -1.0])
 
 
-def test_readout_values_bc01():
+def test_readout_values_sigma_data_mismatch():  # huggingface/diffusers PR #9563
     v = readout_values(make_scalings(["EDM"], 0.5), 0.5)["EDM"]
     assert [round(v[k], 5) for k in ("c_skip", "c_out", "c_in")] == [0.5, 0.35355, 1.41421]
     assert math.isclose(v["c_noise"], 0.25 * math.log(0.5), rel_tol=1e-12)
@@ -112,7 +112,7 @@ def test_readout_values_match_scalings_everywhere():
             assert [got[name][k] for k in ("c_skip", "c_out", "c_in", "c_noise")] == want
 
 
-def test_panel_values_matched_pairs_have_unit_effective_weight(digits):  # bugcase BC02
+def test_panel_values_matched_pairs_have_unit_effective_weight(digits):  # crowsonkb/k-diffusion #45
     sig = sigma_grid(50)
     for scaling, weighting in ((EDMScaling(0.5), EDMWeighting(0.5)), (VScaling(), VWeighting()), (EpsScaling(), EpsWeighting())):
         pv = panel_values({"s": scaling}, weighting, digits, sig)
@@ -170,7 +170,7 @@ def test_scaling_explorer_marker_on_curve(scaling_explorer):
             assert math.isclose(ex.marker(p).y[j], ex.curve(p, n).y[i], rel_tol=1e-12), (p, n)
 
 
-def test_scaling_explorer_bc01_values_at_half(scaling_explorer):
+def test_scaling_explorer_values_at_half(scaling_explorer):
     ex = scaling_explorer
     ex.sigma_data_slider.value = 0.5; ex.weighting_dropdown.value = "EDM"; ex.sigma_slider.value = 0.5
     np.testing.assert_allclose(ex.marker("c_skip").y, [0.5, 1.0, 0.8, 0.8, 1.0], rtol=1e-12)
@@ -187,7 +187,7 @@ def test_scaling_explorer_sigma_data_changes_edm_only(scaling_explorer):
     ex.sigma_data_slider.value = 1.0
     np.testing.assert_allclose(ex.curve("c_skip", "EDM").y, EDMScaling(1.0).c_skip(ex.sigmas).numpy(), rtol=1e-12)
     np.testing.assert_allclose(ex.curve("c_in", "EDM").y, ex.curve("c_in", "V").y, rtol=1e-12)  # EDM(1) = V but c_noise
-    np.testing.assert_allclose(ex.curve("w·c_out²", "EDM").y, 1.0, rtol=1e-9)          # weighting follows σ_data (BC01)
+    np.testing.assert_allclose(ex.curve("w·c_out²", "EDM").y, 1.0, rtol=1e-9)          # weighting follows σ_data (huggingface/diffusers PR #9563)
     for n in ex.names[1:]: np.testing.assert_array_equal(ex.curve("c_skip", n).y, before[n])
     assert not np.allclose(ex.curve("c_skip", "EDM").y, before["EDM"])
     _markers_match(ex, ex.sigma_slider.value)
@@ -244,11 +244,11 @@ def test_log10_histogram_normalised_and_matches_pdf():
     assert float((half * edges.diff()).sum()) == pytest.approx(0.5)
 
 
-def test_sampling_summary_bugcases():
+def test_sampling_summary_reported_cases():
     s = sampling_summary(EDMSampling(-1.2, 1.2), EDMWeighting(0.5))
-    assert s["P(w > 65504)"] == pytest.approx(1.4687e-04, rel=1e-4)                       # BC03
-    assert s["median σ"] == pytest.approx(0.30119, rel=1e-4) and s["mean σ"] == pytest.approx(0.61878, rel=1e-4)  # BC07
-    assert s["P(σ < σ_min)"] == pytest.approx(1.4650e-05, rel=1e-3)                        # BC07: P(σ < 0.002)
+    assert s["P(w > 65504)"] == pytest.approx(1.4687e-04, rel=1e-4)                       # lucidrains/alphafold3-pytorch #68
+    assert s["median σ"] == pytest.approx(0.30119, rel=1e-4) and s["mean σ"] == pytest.approx(0.61878, rel=1e-4)  # huggingface/diffusers #6041
+    assert s["P(σ < σ_min)"] == pytest.approx(1.4650e-05, rel=1e-3)                        # huggingface/diffusers #6041: P(σ < 0.002)
     assert sampling_summary(EDMSampling(-1.2, 1.2), EpsWeighting())["P(w > 65504)"] == pytest.approx(
         float(EDMSampling(-1.2, 1.2).cdf(torch.tensor(1 / math.sqrt(FP16_MAX), dtype=f64))), rel=1e-6)
     d = sampling_summary(DiscreteSampling(LegacyDDPMDiscretization(), 1000), EDMWeighting(0.5), 0.1, 10.0)
@@ -273,7 +273,7 @@ def test_sigma_sampling_explorer_controls():
         ex.num_steps_slider.value = n
         np.testing.assert_allclose(ex.fig.data[4].x, EDMDiscretization()(n, do_append_zero=False, dtype=f64).numpy())
     ex.num_steps_slider.value = 5
-    np.testing.assert_allclose(ex.fig.data[4].x, [80.0, 17.528, 2.5152, 0.16975, 0.002], rtol=1e-4)   # BC08
+    np.testing.assert_allclose(ex.fig.data[4].x, [80.0, 17.528, 2.5152, 0.16975, 0.002], rtol=1e-4)   # Stability-AI/generative-models PR #114
     ex.weighting_dropdown.value = "Eps"
     np.testing.assert_allclose(ex.fig.data[3].y, (1 / ex.sigmas**2).numpy())
     assert "EpsWeighting()" in ex.readout.value

@@ -1,4 +1,4 @@
-"Tests of diffexplore.first_stage, including bug case BC13 (VAE scale_factor 0.18215 vs 0.13025)."
+"Tests of diffexplore.first_stage, including huggingface/diffusers #6923 and #6753 (VAE scale_factor 0.18215 vs 0.13025)."
 import warnings
 
 import pytest
@@ -53,21 +53,21 @@ def exact_std(t, std):
     return (t - t.mean()) / t.std() * std
 
 
-# ---------------------------------------------------------------- BC13
-def test_bc13_encode_multiplies_decode_divides_same_factor():
+# ---------------------------------------------------------------- scale_factor: huggingface/diffusers #6923, #6753
+def test_scale_factor_encode_multiplies_decode_divides_same_factor():
     raw = torch.tensor([7.6775])
     torch.testing.assert_close(scale_latents(raw, SDXL_SCALE_FACTOR), torch.tensor([1.0000]), atol=1e-4, rtol=0)
     torch.testing.assert_close(unscale_latents(torch.tensor([1.0]), SDXL_SCALE_FACTOR), raw, atol=1e-3, rtol=0)
 
 
-def test_bc13_decoding_one_passes_raw_latent_to_decoder():
+def test_scale_factor_decoding_one_passes_raw_latent_to_decoder():
     stage = AutoencoderKLFirstStage(tiny_kl(), scale_factor=SDXL_SCALE_FACTOR)
     seen = spy_decoder(stage)
     stage.decode(torch.ones(1, 4, 2, 2))
     torch.testing.assert_close(seen[0], torch.full((1, 4, 2, 2), 7.6775), atol=1e-3, rtol=0)
 
 
-def test_bc13_mismatch_ratios():
+def test_scale_factor_mismatch_ratios():
     raw = torch.tensor(7.6775)
     torch.testing.assert_close(unscale_latents(scale_latents(raw, SDXL_SCALE_FACTOR), SD_SCALE_FACTOR) / raw,
                                torch.tensor(0.71507), atol=1e-5, rtol=0)
@@ -75,7 +75,7 @@ def test_bc13_mismatch_ratios():
                                torch.tensor(1.3985), atol=1e-4, rtol=0)
 
 
-def test_bc13_mismatch_between_two_stages_reaches_the_decoder(images):
+def test_scale_factor_mismatch_between_two_stages_reaches_the_decoder(images):
     "encode with 0.13025, decode with 0.18215: the decoder receives 0.71507 x the raw latent"
     vae = tiny_kl()
     enc, dec = AutoencoderKLFirstStage(vae, SDXL_SCALE_FACTOR), AutoencoderKLFirstStage(vae, SD_SCALE_FACTOR)
@@ -89,7 +89,7 @@ def test_bc13_mismatch_between_two_stages_reaches_the_decoder(images):
     torch.testing.assert_close(seen_ok[0], raw, atol=1e-5, rtol=1e-5)
 
 
-def test_bc13_training_latent_std_and_detection():
+def test_scale_factor_training_latent_std_and_detection():
     g = torch.Generator().manual_seed(0)
     sdxl_raw = exact_std(torch.randn(256, 4, 8, 8, generator=g), 7.6775)  # raw SDXL-VAE latents
     wrong = scale_latents(sdxl_raw, SD_SCALE_FACTOR)
@@ -107,7 +107,7 @@ def test_bc13_training_latent_std_and_detection():
         assert abs(check_scale_factor(right) - 1.0) < 1e-4  # no warning at std 1
 
 
-def test_bc13_loader_reads_the_vaes_own_factor(saved_kl):
+def test_scale_factor_loader_reads_the_vaes_own_factor(saved_kl):
     "a loader must not force one fixed factor on every VAE (diffusers #6923, #6753)"
     _, path = saved_kl
     assert AutoencoderKLFirstStage.from_pretrained(path / "vae").scale_factor == SDXL_SCALE_FACTOR

@@ -25,7 +25,7 @@ def clf(digits, tmp_path_factory):
 def counting_fit(monkeypatch):
     "Replace the training loop by one that only counts its calls (the cache logic is what is under test)."
     calls = []
-    def fake_fit(model, x, y, epochs, batch_size, lr, seed):
+    def fake_fit(model, x, y, epochs, batch_size, lr, seed, progress=False):
         calls.append(len(x)); return model.eval()
     monkeypatch.setattr(judge, "_fit", fake_fit)
     return calls
@@ -183,3 +183,13 @@ def test_small_classifier_shapes():
     assert SmallClassifier(3, 4, 64)(torch.zeros(2, 3, 64, 64)).shape == (2, 4)
     assert SmallClassifier(1, 10, 32).features(torch.zeros(2, 1, 32, 32)).shape == (2, SmallClassifier.feature_dim)
     with pytest.raises(ValueError, match="image_size=3"): SmallClassifier(1, 10, 3)
+
+
+def test_classifier_training_shows_steps_with_eta_on_stderr(capsys):
+    "The judge is not silent: `progress=True` draws a step bar (total steps and an ETA) while the classifier trains."
+    from diffexplore.data import DigitsDataModule
+    judge.train_classifier(DigitsDataModule(), epochs=1, cache_dir=False, progress=True)
+    err = capsys.readouterr().err
+    assert "judge: training its classifier" in err and "/11" in err, err[-500:]  # 1,438 // 128 = 11 steps
+    judge.train_classifier(DigitsDataModule(), epochs=1, cache_dir=False)
+    assert "judge" not in capsys.readouterr().err  # off by default (library calls, notebooks)

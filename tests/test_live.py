@@ -188,6 +188,19 @@ def test_figure_update_errors_never_stop_training(monkeypatch):
     assert view.pushes == 0 and view.errors >= 2 and "boom" in str(view.last_error)
     assert len([w for w in caught if "LiveTrainingView" in str(w.message)]) == 1
 
+def test_redraw_errors_never_stop_training():
+    "The view's own redraw fails every time (moved here from nbs/17_live.ipynb): counted, warned once, training goes on."
+    view = LiveTrainingView(sample_every_n_steps=None, min_interval_s=0)
+    def fail(): raise RuntimeError("figure update failed")
+    view._draw = fail
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        t = trainer(10, view); t.fit(toy_engine(), train_dataloaders=toy_batches())
+    assert t.global_step == 10 and len(view.steps) == 10 and view.pushes == 0
+    assert 2 <= view.errors <= 11, view.errors     # the first redraw (step 1), the final one, and any in between
+    assert isinstance(view.last_error, RuntimeError) and "figure update failed" in str(view.last_error)
+    assert len([w for w in caught if "LiveTrainingView" in str(w.message)]) == 1
+
 def test_recording_errors_never_stop_training():
     class Exploding(LiveTrainingView):
         def _record(self, trainer): raise KeyError("no metrics")
@@ -278,6 +291,15 @@ def test_no_sampler_no_grid():
     view = LiveTrainingView(sample_every_n_steps=2)
     trainer(6, view).fit(toy_engine(), train_dataloaders=toy_batches())
     assert view.samples_drawn == 0 and view.errors == 0
+
+def test_num_classes_reads_the_module_conditioner():
+    "Stand-in modules (moved here from nbs/17_live.ipynb): the classes of a `cls` embedder, None without a conditioner."
+    class Emb(nn.Module): input_key, n_classes = "cls", 10
+    class Cond(nn.Module):
+        def __init__(self): super().__init__(); self.embedders = nn.ModuleList([Emb()])
+    assert _num_classes(type("M", (), {"conditioner": Cond()})()) == 10
+    assert _num_classes(type("M", (), {"conditioner": None})()) is None
+    assert _num_classes(object()) is None                        # no conditioner attribute at all
 
 def test_class_conditional_grid_cycles_through_classes():
     class Emb(nn.Module): input_key, n_classes = "cls", 3

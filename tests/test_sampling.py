@@ -1,4 +1,5 @@
-"""Tests for diffexplore.sampling: bugcases BC09 and BC11, σ = 0 never reaching the denoiser, CFG batching,
+"""Tests for diffexplore.sampling: the initial noise scale (Stability-AI/generative-models PR #263), DPM++(2M) into σ = 0
+(huggingface/diffusers #9007), σ = 0 never reaching the denoiser, CFG batching,
 known-answer sampling on the Gaussian toy denoiser, input checks, sgm configs, host reads per sampling call
 (none per step) and the float64 schedule."""
 import math
@@ -14,7 +15,7 @@ from diffexplore.sampling import (BaseDiffusionSampler, DPMPP2MSampler, EulerAnc
 
 F64 = torch.float64
 SAMPLERS = [EulerEDMSampler, HeunEDMSampler, EulerAncestralSampler, DPMPP2MSampler]
-toy = GaussianDenoiser(1.0)  # the bugcases' toy Gaussian denoiser x / (1 + σ²)
+toy = GaussianDenoiser(1.0)  # the toy Gaussian denoiser x / (1 + σ²), exact for data ~ N(0, 1)
 
 
 class Recorder:
@@ -28,9 +29,9 @@ class Recorder:
     def sigmas(self): return [s for _, ss in self.calls for s in ss]
 
 
-# ---------------------------------------------------------------- BC09: initial noise scale
+# ---------------------------------------------------------------- initial noise scale: Stability-AI/generative-models PR #263
 @pytest.mark.parametrize("sigma_0, expected", [(14.6146, 14.649), (80.0, 80.006), (3.6758, 3.8094), (1.0, 1.4142)])
-def test_bc09_sgm_convention(sigma_0, expected):
+def test_init_noise_sgm_convention(sigma_0, expected):
     "sgm: unit noise 1.0 is multiplied by sqrt(1 + σ_0²) before the first denoiser call."
     seen = []
     def den(x, s, c): seen.append((x.item(), s.item())); return toy(x, s, c)
@@ -39,7 +40,7 @@ def test_bc09_sgm_convention(sigma_0, expected):
     assert BaseDiffusionSampler().init_noise_scale(torch.tensor(sigma_0, dtype=F64)).item() == pytest.approx(expected, abs=6e-4)
 
 
-def test_bc09_first_denoiser_input():
+def test_init_noise_first_denoiser_input():
     "The value the denoiser sees first is the scaled noise, for the sgm, EDM-paper and σ_data = 0.5 conventions."
     seen = []
     def den(x, s, c): seen.append(x.clone()); return toy(x, s, c)
@@ -50,7 +51,7 @@ def test_bc09_first_denoiser_input():
     assert BaseDiffusionSampler(init_sigma_data=0).init_noise_scale(80.0).item() == 80.0  # EDM paper: exactly σ_0
 
 
-def test_bc09_discretization_start_and_no_scaling():
+def test_init_noise_discretization_start_and_no_scaling():
     "With the default discretization the first σ is σ_max = 80; scale_initial_noise=False leaves x untouched."
     rec = Recorder(toy)
     EulerEDMSampler(num_steps=3)(rec, torch.ones(2, 1), None)
@@ -61,8 +62,8 @@ def test_bc09_discretization_start_and_no_scaling():
     assert seen[0].item() == 2.0
 
 
-# ---------------------------------------------------------------- BC11: DPM++(2M) into σ = 0
-def test_bc11_dpmpp_2m_values_and_sigmas():
+# ---------------------------------------------------------------- DPM++(2M) into σ = 0: huggingface/diffusers #9007
+def test_dpmpp_2m_into_zero_dpmpp_2m_values_and_sigmas():
     rec, trace = Recorder(toy), []
     out = DPMPP2MSampler()(rec, torch.tensor([2.0], dtype=F64), None, sigmas=torch.tensor([2.0, 1.0, 0.5, 0.0], dtype=F64),
                            scale_initial_noise=False, callback=lambda d: trace.append(d["x"].item()))
@@ -71,7 +72,7 @@ def test_bc11_dpmpp_2m_values_and_sigmas():
     assert rec.sigmas == [2.0, 1.0, 0.5]
 
 
-def test_bc11_step_function():
+def test_dpmpp_2m_into_zero_step_function():
     "The same three steps through the exposed step functions; the last one returns exactly the denoised value."
     x, d0 = torch.tensor(2.0, dtype=F64), toy(torch.tensor(2.0, dtype=F64), 2.0)
     x1 = dpmpp_2m_step(x, d0, 2.0, 1.0)  # first step: first order
@@ -87,7 +88,7 @@ def test_bc11_step_function():
     assert [y1.item(), y2.item()] == pytest.approx([1.2, 0.95], abs=1e-12)
 
 
-def test_bc11_forced_second_order_is_nan():
+def test_dpmpp_2m_into_zero_forced_second_order_is_nan():
     "Forcing the second-order extrapolation on the step into σ = 0 gives NaN (r = 0, 1/(2r) = inf); ours is finite."
     sigma, nxt, prev = (torch.tensor(v, dtype=F64) for v in (0.5, 0.0, 1.0))
     h, h_last = _lam(nxt) - _lam(sigma), _lam(sigma) - _lam(prev)
