@@ -144,13 +144,16 @@ def test_interrupt_keeps_a_checkpoint_that_resumes(tmp_path, sig):
             "train", "--config", str(CONFIG), "--run-dir", str(run), "--no-judge", *TINY, "trainer.max_steps=100000",
             "lightning.sample_every_n_steps=0", "lightning.checkpoint_every_n_steps=100000", "trainer.log_every_n_steps=1",
             "trainer.enable_progress_bar=false"]
-    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # A shell starts background jobs with SIGINT ignored, and the child would inherit that (`... &` in a script):
+    # give the run the default disposition, as a terminal's Ctrl-C finds it.
+    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
-        deadline = time.time() + 120
+        deadline, m = time.time() + 240, run / "metrics.csv"
         while time.time() < deadline:   # wait until a few steps are logged
-            m = run / "metrics.csv"
             if m.exists() and len(m.read_text().splitlines()) > 4: break
             time.sleep(0.5)
+        assert m.exists() and len(m.read_text().splitlines()) > 4, "the run logged no steps within 240 s"
         p.send_signal(getattr(signal, sig))
         p.wait(timeout=120)
     finally:
