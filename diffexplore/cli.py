@@ -257,9 +257,10 @@ def trainer_kwargs(cfg: DictConfig) -> dict:
         lo = TRAINER_MINIMUMS.get(k)
         if lo is not None and isinstance(v, int) and v < lo: raise ConfigError(f"{at} must be >= {lo}; got {at}={v!r}")
     if targs.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
-        why = " (sgm's main.py default)" if "accelerator" not in (OmegaConf.select(cfg, "lightning.trainer") or {}) else ""
-        raise ConfigError(f"lightning.trainer.accelerator={targs['accelerator']!r}{why}, but this machine has no CUDA GPU: "
-                          f"pass lightning.trainer.accelerator=cpu lightning.trainer.devices=1")
+        at = where["accelerator"]
+        why = " (sgm's main.py default)" if "accelerator" not in (OmegaConf.select(cfg, at) or {}) else ""
+        raise ConfigError(f"{at}.accelerator={targs['accelerator']!r}{why}, but this machine has no CUDA GPU: "
+                          f"pass {at}.accelerator=cpu {at}.devices=1")
     return targs
 
 # %% ../nbs/14_cli.ipynb #a148def2
