@@ -292,22 +292,32 @@ def _checkpoint(cfg, ckpt_dir: Path):
     return cls(**{**kw, **params})
 
 # %% ../nbs/14_cli.ipynb #708cb07d
-def sgm_callbacks(cfg, ckpt_dir: Path) -> list:
+def sgm_callbacks(cfg, ckpt_dir: Path, engine=None) -> list:
     """The callbacks of sgm's `lightning.callbacks`, each built from its entry merged over `SGM_CALLBACKS[name]`
-    (`metrics_over_trainsteps_checkpoint` writes to `ckpt_dir/trainstep_checkpoints`). Raises `ConfigError` naming
-    the entry for one without a target, a refused one, or a value its class refuses."""
+    (`metrics_over_trainsteps_checkpoint` writes to `ckpt_dir/trainstep_checkpoints`); an image logger's
+    `log_images_kwargs` are checked against `engine.log_images` when `engine` is given. Raises `ConfigError` naming
+    the entry for one without a target, a refused one, `params` that are no mapping, or a value its class refuses."""
     from diffexplore.core import instantiate_from_config
+    from diffexplore.engine import ImageLogger
     out = []
     for name, entry in (_lightning(cfg).get("callbacks") or {}).items():
         at = f"lightning.callbacks.{name}"
         if at in REFUSED: raise ConfigError(f"{at} is not supported: {REFUSED[at]}")
-        merged = OmegaConf.to_container(OmegaConf.merge(SGM_CALLBACKS.get(name, {}), entry or {}), resolve=True)
+        params = (entry or {}).get("params")
+        if params is not None and not isinstance(params, dict): raise ConfigError(f"{at}.params must be a mapping; got {at}.params={params!r}")
+        entry = {k: v for k, v in (entry or {}).items() if not (k == "params" and v is None)}   # `params:` empty: the defaults
+        merged = OmegaConf.to_container(OmegaConf.merge(SGM_CALLBACKS.get(name, {}), entry), resolve=True)
+        merged.setdefault("params", {})
         if "target" not in merged: raise ConfigError(f"{at} has no target, and sgm has no default callback of that name ({', '.join(SGM_CALLBACKS)})")
         if name == "metrics_over_trainsteps_checkpoint":
-            if "dirpath" in (entry or {}).get("params", {}): raise ConfigError(f"{at}.params.dirpath: checkpoints stay in the run dir; remove it")
+            if "dirpath" in (params or {}): raise ConfigError(f"{at}.params.dirpath: checkpoints stay in the run dir; remove it")
             merged["params"]["dirpath"] = str(ckpt_dir / "trainstep_checkpoints")
-        try: out.append(instantiate_from_config(merged, path=at))
+        try: cb = instantiate_from_config(merged, path=at)
         except (ValueError, TypeError) as e: raise ConfigError(f"{at}: {e}" if not str(e).startswith(at) else str(e)) from e
+        if engine is not None and isinstance(cb, ImageLogger):
+            try: cb.check(engine)
+            except ValueError as e: raise ConfigError(f"{at}.params.{e}") from e
+        out.append(cb)
     return out
 
 # %% ../nbs/14_cli.ipynb #6dc5eda8
@@ -326,13 +336,9 @@ def run_callbacks(cfg, run_dir: Path, num_classes=None, engine=None) -> list:
     diffexplore's sample grids unless an image logger replaces them. Raises `ConfigError` naming a bad key."""
     from diffexplore.engine import InterruptCheckpoint, FinalCheckpoint, SampleGridCallback, ImageLogger
     l, ckpt_dir = _lightning(cfg), run_dir / "checkpoints"
-    ckpt, sgm = _checkpoint(cfg, ckpt_dir), sgm_callbacks(cfg, ckpt_dir)
-    for c in sgm:
-        if isinstance(c, ImageLogger) and engine is not None:
-            try: c.check(engine)
-            except ValueError as e: raise ConfigError(f"lightning.callbacks.image_logger.params.{e}") from e
+    ckpt, sgm = _checkpoint(cfg, ckpt_dir), sgm_callbacks(cfg, ckpt_dir, engine)
     out = [ckpt, InterruptCheckpoint(dirpath=str(ckpt_dir), filename="interrupted"),
-           FinalCheckpoint(ckpt_dir / "last.ckpt", every_n_steps=ckpt._every_n_train_steps), *sgm]
+           FinalCheckpoint(ckpt_dir / "last.ckpt", every_n_steps=ckpt._every_n_train_steps if ckpt.save_last else 0), *sgm]
     if "sample_every_n_steps" in l or not any(isinstance(c, ImageLogger) for c in sgm):
         out.append(SampleGridCallback(run_dir / "samples", every_n_steps=int(l.get("sample_every_n_steps", LIGHTNING_KEYS["sample_every_n_steps"])),
                                       per_class=int(l.get("samples_per_class", LIGHTNING_KEYS["samples_per_class"])), num_classes=num_classes))
@@ -371,14 +377,18 @@ def _strategy(cfg) -> dict:
     return {} if s is None else {"strategy": instantiate_from_config(s, path="lightning.strategy")}
 
 # %% ../nbs/14_cli.ipynb #cc6b36ac
+def _check_scale_lr(cfg, scale_lr: bool):
+    "`model.base_learning_rate` (or None). Raises `ConfigError` for `scale_lr` without it."
+    base = OmegaConf.select(cfg, "model.base_learning_rate")
+    if scale_lr and base is None: raise ConfigError("--scale-lr scales model.base_learning_rate (sgm's main.py), which this config does not set")
+    return base
+
 def learning_rate(cfg, engine, trainer, dm, scale_lr: bool = False) -> dict:
     """sgm's rule (`main.py`): with `model.base_learning_rate` the engine's `lr` is that value, or with `scale_lr`
     `accumulate_grad_batches · ngpu · batch_size · base_learning_rate` (ngpu: the trainer's devices on a GPU, else 1).
     Sets `engine.lr`; returns `{"lr", "lr_rule"}` for the summary. Raises `ConfigError` for `scale_lr` without it."""
-    base = OmegaConf.select(cfg, "model.base_learning_rate")
-    if base is None:
-        if scale_lr: raise ConfigError("--scale-lr scales model.base_learning_rate (sgm's main.py), which this config does not set")
-        return {"lr": engine.lr, "lr_rule": "model.params.lr"}
+    base = _check_scale_lr(cfg, scale_lr)
+    if base is None: return {"lr": engine.lr, "lr_rule": "model.params.lr"}
     if not scale_lr: return {"lr": engine.lr, "lr_rule": "model.base_learning_rate, unscaled (sgm's main.py without --scale_lr)"}
     acc, bs = trainer.accumulate_grad_batches, dm.batch_size
     ngpu = trainer.num_devices if trainer.strategy.root_device.type == "cuda" else 1
@@ -431,7 +441,7 @@ def train(cfg: DictConfig, # a loaded config (see `load_config`)
     import torch, lightning.pytorch as pl
     run_dir = Path(run_dir); _check_new_run(run_dir, resume)
     trainer_kwargs(cfg)   # a bad trainer setting fails here, before data and model are built
-    if scale_lr and OmegaConf.select(cfg, "model.base_learning_rate") is None: learning_rate(cfg, None, None, None, True)
+    _check_scale_lr(cfg, scale_lr)   # before anything is built
     pl.seed_everything(int(cfg.get("seed", 0)), verbose=False)
     dm, engine = build_data(cfg), build_engine(cfg)
     check_compatible(engine, dm)

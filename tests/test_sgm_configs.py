@@ -90,7 +90,25 @@ def test_lightning_keys_take_effect(roots, tmp_path):
     assert not (out / "images").exists()                                                       # image_logger.disabled
 
 
-def test_trainer_settings_are_sgms(roots, tmp_path):
+def test_last_checkpoint_is_written_when_modelcheckpoint_keeps_no_last(roots, tmp_path):
+    "`save_last: false` in sgm's modelcheckpoint: last.ckpt (what --resume and sampling use) is still written at the end."
+    cfg = OmegaConf.merge(OmegaConf.create((TOY / "mnist_cond.yaml").read_text()),
+                          {"lightning": {"modelcheckpoint": {"params": {"every_n_train_steps": 3, "save_last": False}}}})
+    path, out = tmp_path / "c.yaml", tmp_path / "r"; OmegaConf.save(cfg, path)
+    rc = main(["train", "--config", str(path), "--run-dir", str(out), *allowed("mnist_cond", roots),
+               "lightning.callbacks.image_logger.params.disabled=true"])
+    assert rc == 0 and sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+
+
+def test_callback_params_may_be_null(roots, tmp_path):
+    "`params:` left empty in YAML (null) means sgm's defaults for that callback."
+    cfg = load_config("sgm_toy/mnist_cond", [*allowed("mnist_cond", roots), "lightning.callbacks.image_logger.params=null"])
+    logger = next(c for c in make_trainer(cfg, tmp_path / "r").callbacks if type(c).__name__ == "ImageLogger")
+    assert (logger.batch_freq, logger.max_images) == (1000, 4)                                  # sgm's defaults
+
+
+def test_trainer_settings_are_sgms(roots, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)   # restored afterwards
     cfg = load_config("sgm_toy/cifar10_cond", allowed("cifar10_cond", roots))
     t = make_trainer(cfg, tmp_path / "r")
     assert (t.max_epochs, t.max_steps, t.num_sanity_val_steps, t.accumulate_grad_batches) == (20, 3, 0, 1)
@@ -120,6 +138,10 @@ def test_scale_lr_is_sgms_rule(roots, tmp_path):
     ({"callbacks": {"setup_callback": {"target": "main.SetupCallback"}}}, "lightning.callbacks.setup_callback is not supported"),
     ({"callbacks": {"my_logger": {"params": {"x": 1}}}}, "lightning.callbacks.my_logger has no target"),
     ({"callbacks": {"image_logger": {"params": {"log_images_kwargs": {"n_col": 4}}}}}, "log_images_kwargs.n_col"),
+    ({"callbacks": {"my_images": {"target": "main.ImageLogger", "params": {"batch_frequency": 10, "max_images": 4,
+                                                                         "log_images_kwargs": {"n_col": 4}}}}},
+     "lightning.callbacks.my_images.params.log_images_kwargs.n_col"),   # named by its own entry, whatever it is called
+    ({"callbacks": {"learning_rate_logger": {"params": 5}}}, "lightning.callbacks.learning_rate_logger.params must be a mapping"),
     ({"modelcheckpoint": {"params": {"every_n_trainsteps": 5}}}, "lightning.modelcheckpoint.params.every_n_trainsteps"),
     ({"trainr": {}}, "lightning.trainr"),
 ])
