@@ -188,7 +188,12 @@ class DiffusionEngine(pl.LightningModule):
     used by `sample()` by default. `input_key`: batch key of the images. `sample_shape`: (C, H, W) of the
     diffusion space (set from the first batch when `None`). Logs `train/loss`, `train/lr`, `train/ema_decay`,
     `loss_sigma/<bucket>`. Raises `NonFiniteLossError` on a NaN/inf loss, `ValueError` for a bad `lr`/`warmup_steps`.
-    GPU switches `sync_checks`, `fused_optimizer`, `compile_step`, `cuda_graphs`, `channels_last`: see above.
+    GPU switches (a switch left `None` is on with CUDA and off on the CPU; measured in BENCHMARKS.md):
+    `sync_checks=False` checks the loss for NaN/inf on the device and raises one step later, with host-side values
+    logged only on the steps the loggers write (`deferred_checks`; the progress bar then shows `host_loss`);
+    `fused_optimizer`: fused AdamW (without it the NaN check syncs each step); `compile_step`: `torch.compile` of
+    `loss_fn.loss` (`CompiledStep`); `cuda_graphs`: its replay as CUDA graphs, where `CompiledStep`'s policy allows;
+    `channels_last` (default off, slower in eager mode): NHWC memory format for network and input.
     Source: `sgm/models/diffusion.py: DiffusionEngine`."""
     def __init__(self, network: nn.Module, denoiser: nn.Module, loss_fn, conditioner: nn.Module = None,
                  first_stage: nn.Module = None, sampler=None, lr: float = 1e-4, betas=(0.9, 0.999),
