@@ -7,28 +7,18 @@ the keyboard and checks, in the page, that the plotly marker moved and the reado
 `test-artifacts/explorer.png`. The notebook file is checked to be unchanged afterwards (autosave is off).
 Skipped only when chromium or playwright is not installed (a chromium that cannot be executed counts as absent).
 """
-import json, os, secrets, shutil, signal, socket, subprocess, sys, time, urllib.request
+import json, os, secrets, signal, socket, subprocess, sys, time, urllib.request
 from pathlib import Path
 
 import pytest
 
+from _browser import CHROMIUM, CHROMIUM_ARGS, needs_browser, sync_playwright
+
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = "nbs/16a_explorers_demo.ipynb"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 ARTIFACT = REPO / "test-artifacts" / "explorer.png"
 
-try:
-    from playwright.sync_api import sync_playwright
-except ImportError:
-    sync_playwright = None
-
-pytestmark = [
-    pytest.mark.skipif(sync_playwright is None, reason="playwright is not installed (pip install playwright; no `playwright install` needed)"),
-    pytest.mark.skipif(not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)),   # a file that cannot run is no browser
-                       reason="chromium is not installed (apt-get install -y chromium)"),
-]
+pytestmark = needs_browser
 
 
 def _free_port() -> int:

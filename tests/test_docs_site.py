@@ -12,7 +12,7 @@ free port, and opens every page in Debian's Chromium through Playwright. It fail
 - a code cell that shows nbdev's `#|` directives (docs/mkdocs_hooks.py drops `#| hide` cells and those lines).
 Skipped only when chromium or playwright is not installed; in CI (`DIFFEXPLORE_REQUIRE_ALL=1`) it must run.
 """
-import os, shutil, subprocess, sys, threading
+import os, subprocess, sys, threading
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -22,22 +22,12 @@ from urllib.request import urlopen
 
 import pytest
 
+from _browser import CHROMIUM, CHROMIUM_ARGS, needs_browser, sync_playwright
+
 REPO = Path(__file__).resolve().parents[1]
 NBS = REPO / "nbs"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 
-try:
-    from playwright.sync_api import sync_playwright
-except ImportError:
-    sync_playwright = None
-
-pytestmark = [
-    pytest.mark.skipif(sync_playwright is None, reason="playwright is not installed (pip install playwright; no `playwright install` needed)"),
-    pytest.mark.skipif(not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)),
-                       reason="chromium is not installed (apt-get install -y chromium)"),
-]
+pytestmark = needs_browser
 
 
 def notebook_pages() -> dict[str, str]:

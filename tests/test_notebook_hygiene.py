@@ -39,10 +39,10 @@ def test_detector_finds_state_in_metadata_and_outputs():
 
 
 # --- The book: committed outputs (issue "the front door"). `python docs/execute_notebooks.py` writes them. ---
-import re
+import re, sys
 
-IMAGE_TYPES = ("image/png", "image/jpeg", "image/svg+xml")
-EVAL_FALSE = re.compile(r"^\s*#\s*\|\s*eval\s*:\s*false\s*$", re.M)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "docs"))
+from execute_notebooks import EVAL_FALSE, image_count   # the book's own rules: what it skips, what a picture is
 # Documents a reader of the repository does not have: the design source, internal bug-case numbers, shared notes.
 OUTSIDE_REFS = re.compile(r"\.\./shared|\bbugcases\b|design-space\.md|\bSTYLE\.md|\bthe seed\b|替换点|\bBC ?\d+\b|"
                           r"design source", re.I)
@@ -56,7 +56,7 @@ def code_outputs(nb: dict):
 def book_problems(nb: dict) -> list:
     "What keeps a parsed notebook from reading as a book: no picture, errors, stderr spam, stale or outside outputs."
     outs = code_outputs(nb)
-    found = [] if any(any(t in o.get("data", {}) for t in IMAGE_TYPES) for _, o in outs) else ["no image output"]
+    found = [] if image_count(nb) else ["no image output"]
     found += [f"cell {i}: error output ({o.get('ename')})" for i, o in outs if o["output_type"] == "error"]
     found += [f"cell {i}: stderr output (warnings or progress bars)" for i, o in outs
               if o["output_type"] == "stream" and o.get("name") == "stderr"]

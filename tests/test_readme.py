@@ -45,6 +45,6 @@ def test_readme_names_the_tests_that_skip():
     "Each test file with a skip for a missing Chromium or Fashion-MNIST is named in README, where the skip is explained."
     readme = (ROOT / "README.md").read_text()
     skipping = [p.name for p in sorted((ROOT / "tests").glob("test_*.py"))
-                if re.search(r"skipif\([^\n]*(chromium|CHROMIUM|FASHION)", p.read_text())]
+                if re.search(r"skipif\([^\n]*(chromium|CHROMIUM|FASHION)|^pytestmark = needs_browser", p.read_text(), flags=re.M)]
     assert {"test_browser.py", "test_docs_site.py", "test_data.py"} <= set(skipping), skipping
     assert not [n for n in skipping if n not in readme], f"README does not name {[n for n in skipping if n not in readme]}"
