@@ -8,7 +8,7 @@ time with the load it was measured under. Training, sampling grids, checkpoints 
 
     python bench/main_job_time.py --out bench/results                 # the main job as README runs it
     python bench/main_job_time.py --out /tmp/m trainer.max_steps=20   # a quick check (overrides pass through)
-Writes OUT/main_job_time_<date>.json and adds a row to BENCHMARKS.md's "Main job wall time" table
+Writes OUT/main_job_time_<date>[_<tag>].json (`--tag idle`, say, so runs of one day do not overwrite each other) and adds a row to BENCHMARKS.md's "Main job wall time" table
 (`--no-append` to skip). A CPU benchmark: no GPU task.
 """
 import argparse, datetime, json, os, shutil, subprocess, sys, tempfile, threading, time
@@ -29,6 +29,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="folder for the JSON result")
     ap.add_argument("--no-append", action="store_true", help="do not add a row to BENCHMARKS.md")
+    ap.add_argument("--tag", default="", help="appended to the result file's name (e.g. idle, loaded)")
     ap.add_argument("overrides", nargs="*", help="key=value overrides passed to `diffexplore train` (a quick check)")
     args = ap.parse_args(argv)
     run_dir = Path(tempfile.mkdtemp(prefix="main_job_time_")) / "digits"
@@ -50,7 +51,7 @@ def main(argv=None) -> int:
                judge_accuracy=(summary.get("judge") or {}).get("accuracy"),
                date=datetime.date.today().isoformat(), stderr_tail=proc.stderr[-2000:] if proc.returncode else "")
     out = Path(args.out); out.mkdir(parents=True, exist_ok=True)
-    (out / f"main_job_time_{res['date']}.json").write_text(json.dumps(res, indent=1))
+    (out / f"main_job_time_{res['date']}{'_' + args.tag if args.tag else ''}.json").write_text(json.dumps(res, indent=1))
     shutil.rmtree(run_dir.parent, ignore_errors=True)
     print(json.dumps(res, indent=1))
     if proc.returncode: return proc.returncode
