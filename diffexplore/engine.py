@@ -112,14 +112,14 @@ def sigma_bucket_names(edges=DEFAULT_SIGMA_EDGES) -> list[str]:
     bounds = [0.0, *edges, math.inf]
     return [f"sigma_{lo:g}-{hi:g}" for lo, hi in zip(bounds[:-1], bounds[1:])]
 
-def loss_per_sigma_bucket(loss: Tensor, # per-sample loss [B]
+def loss_per_sigma_bucket(loss: Tensor, # per-sample loss [B], or K per-sample values [B, K]
                           sigmas: Tensor, # per-sample σ [B]
                           edges=DEFAULT_SIGMA_EDGES, # increasing bucket edges
-                         ) -> dict[str, Tensor]: # bucket name -> mean loss, for non-empty buckets only
-    "Mean loss within each σ bucket present in the batch."
+                         ) -> dict[str, Tensor]: # bucket name -> mean loss (`[]`, or `[K]`), for non-empty buckets only
+    "Mean loss (each column's mean) within each σ bucket present in the batch; one host read: which buckets are present."
     idx = torch.bucketize(sigmas.detach(), torch.tensor(edges, device=sigmas.device, dtype=sigmas.dtype), right=True)
     names = sigma_bucket_names(edges)
-    return {names[i]: loss[idx == i].mean() for i in idx.unique().tolist()}
+    return {names[i]: loss[idx == i].mean(0) for i in idx.unique().tolist()}
 
 # %% ../nbs/11_engine.ipynb #b189dae7
 class CompiledStep:
@@ -187,7 +187,9 @@ class DiffusionEngine(pl.LightningModule):
     gradient clipping is the Trainer's `gradient_clip_val`. `use_ema`/`ema_decay_rate`: EMA of the network,
     used by `sample()` by default. `input_key`: batch key of the images. `sample_shape`: (C, H, W) of the
     diffusion space (set from the first batch when `None`). Logs `train/loss`, `train/lr`, `train/ema_decay`,
-    `loss_sigma/<bucket>`. Raises `NonFiniteLossError` on a NaN/inf loss, `ValueError` for a bad `lr`/`warmup_steps`.
+    `loss_sigma/<bucket>`, and `<name>_sigma/<bucket>` for each value of a loss's `per_sigma_logs` (`LearnedWeightingLoss`:
+    `logvar_sigma/…`, `weighted_error_sigma/…`). A loss that is an `nn.Module` is a submodule: its parameters are in
+    the state_dict and trained by the AdamW (not averaged by the EMA, not used by sampling). Raises `NonFiniteLossError` on a NaN/inf loss, `ValueError` for a bad `lr`/`warmup_steps`.
     GPU switches (a switch left `None` is on with CUDA and off on the CPU; measured in BENCHMARKS.md):
     `sync_checks=False` checks the loss for NaN/inf on the device and raises one step later, with host-side values
     logged only on the steps the loggers write (`deferred_checks`; the progress bar then shows `host_loss`);
@@ -279,11 +281,18 @@ def training_step(self: DiffusionEngine, batch: dict, batch_idx: int) -> Tensor:
     self.log("train/loss", loss_mean, prog_bar=not self.deferred_checks, on_step=True, on_epoch=False, batch_size=loss.shape[0])
     if self._log_now():
         if self.deferred_checks: self.host_loss = float(loss_mean.detach())
-        if sigmas is not None:
-            for k, v in loss_per_sigma_bucket(loss.detach(), sigmas, self.sigma_bucket_edges).items():
-                self.log(f"loss_sigma/{k}", v, on_step=True, on_epoch=False)
+        if sigmas is not None: self._log_per_sigma(loss.detach(), sigmas)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"] if self._trainer else self.lr, on_step=True, on_epoch=False)
     return loss_mean
+
+@patch
+def _log_per_sigma(self: DiffusionEngine, loss: Tensor, sigmas: Tensor):
+    """Log `loss_sigma/<bucket>`, and `<name>_sigma/<bucket>` for each per-sample value the loss's `per_sigma_logs(loss, σ)`
+    gives (`LearnedWeightingLoss`: `logvar`, `weighted_error`); all bucketed at once, with one host read."""
+    extra = self.loss_fn.per_sigma_logs(loss, sigmas) if hasattr(self.loss_fn, "per_sigma_logs") else {}
+    values = torch.stack([loss.float(), *(v.float() for v in extra.values())], dim=1)
+    for bucket, means in loss_per_sigma_bucket(values, sigmas, self.sigma_bucket_edges).items():
+        for name, m in zip(["loss", *extra], means): self.log(f"{name}_sigma/{bucket}", m, on_step=True, on_epoch=False)
 
 @patch
 def optimizer_step(self: DiffusionEngine, *args, **kwargs):
@@ -363,12 +372,14 @@ def on_train_end(self: DiffusionEngine): self._raise_pending_nonfinite()
 # %% ../nbs/11_engine.ipynb #918a65d7
 @patch
 def trainable_parameters(self: DiffusionEngine) -> list:
-    "The network's parameters, plus those of trainable conditioner embedders (as sgm)."
+    """The network's parameters, those of trainable conditioner embedders (as sgm), and those of a loss that is an
+    `nn.Module` (the u head of `LearnedWeightingLoss`); each once, in that order."""
     params = list(self.model.parameters())
     if self.conditioner is not None:
         for emb in getattr(self.conditioner, "embedders", []):
             if getattr(emb, "is_trainable", False): params += list(emb.parameters())
-    return [p for p in params if p.requires_grad]
+    if isinstance(self.loss_fn, nn.Module): params += list(self.loss_fn.parameters())
+    return list({id(p): p for p in params if p.requires_grad}.values())
 
 @patch
 def configure_optimizers(self: DiffusionEngine):

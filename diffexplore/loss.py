@@ -4,13 +4,14 @@
 
 # %% ../nbs/06_loss.ipynb #02428706
 from __future__ import annotations
+import math
 import torch
-from torch import Tensor
+from torch import nn, Tensor
 from fastcore.basics import patch
-from .core import Repr, append_dims, as_sigma, check, unchecked
+from .core import Repr, append_dims, as_sigma, check, check_int, unchecked
 
 # %% auto #0
-__all__ = ['LOSS_TYPES', 'add_noise', 'StandardDiffusionLoss']
+__all__ = ['LOSS_TYPES', 'add_noise', 'check_weight_on_support', 'StandardDiffusionLoss', 'LogVarHead', 'LearnedWeightingLoss']
 
 # %% ../nbs/06_loss.ipynb #7238bc90
 def add_noise(x0: Tensor, # clean data [B, ...]
@@ -19,6 +20,20 @@ def add_noise(x0: Tensor, # clean data [B, ...]
              ) -> Tensor: # x_t = x_0 + σ·ε, in the wider dtype of x0, ε and σ
     "The forward process: `x_t = x_0 + σ·ε`, σ broadcast over the data dims. Source: Karras et al. 2022, eq. 1 / §2; sgm `loss.py`."
     return x0 + noise * append_dims(sigma, x0.ndim)
+
+# %% ../nbs/06_loss.ipynb #be443ae8
+def check_weight_on_support(sigma_sampler, # draws training σ; its `support` (lo, hi) says what it can return, if it has one
+                            loss_weighting, # w(σ)
+                           ):
+    """`ValueError` naming σ = 0 when `sigma_sampler` can draw it (`support[0] == 0`, e.g. k-diffusion's untruncated
+    `CosineSampling(sigma_min=0)`) and `loss_weighting` is infinite or refuses it there (`EpsWeighting`'s 1/σ²): the
+    first such draw would stop training. Samplers without a `support`, or whose support starts above 0, pass."""
+    if getattr(sigma_sampler, "support", (None,))[0] != 0: return
+    try: finite = bool(torch.isfinite(torch.as_tensor(loss_weighting(torch.zeros(1)))).all())
+    except ValueError: finite = False
+    if not finite:
+        raise ValueError(f"loss_weighting={loss_weighting!r} is infinite at sigma=0.0, which sigma_sampler={sigma_sampler!r} "
+                         f"can draw; give the σ sampler sigma_min > 0 or use a weighting finite at 0")
 
 # %% ../nbs/06_loss.ipynb #a2583352
 LOSS_TYPES = ("l2", "l1")
@@ -33,13 +48,15 @@ class StandardDiffusionLoss(Repr):
     `offset_noise_level` ≥ 0: std of the per-(sample, channel) offset added to ε (0 draws nothing extra).
     `batch2model_keys`: batch entries passed on to the network as keyword arguments.
     Keyword-only `sigmas=`/`noise=` fix σ and ε (tests, explorers). Raises `ValueError` for an unknown
-    `loss_type`, a negative `offset_noise_level`, or σ of the wrong length or value.
+    `loss_type`, a negative `offset_noise_level`, a weighting that is infinite at a σ the σ sampler can draw
+    (`check_weight_on_support`), or σ of the wrong length or value.
     Source: `sgm/modules/diffusionmodules/loss.py: StandardDiffusionLoss` (offset noise for any rank ≥ 3,
     fixing sgm's crash, Stability-AI/generative-models PR #471)."""
     def __init__(self, sigma_sampler, loss_weighting, loss_type: str = "l2", offset_noise_level: float = 0.0,
                  batch2model_keys=None):
         if loss_type not in LOSS_TYPES: raise ValueError(f"loss_type must be one of {LOSS_TYPES}; got loss_type={loss_type!r}")
         if not float(offset_noise_level) >= 0: raise ValueError(f"offset_noise_level must be >= 0; got offset_noise_level={offset_noise_level!r}")
+        check_weight_on_support(sigma_sampler, loss_weighting)
         self.sigma_sampler, self.loss_weighting, self.loss_type = sigma_sampler, loss_weighting, loss_type
         self.offset_noise_level = float(offset_noise_level)
         self.batch2model_keys = set([batch2model_keys] if isinstance(batch2model_keys, str) else batch2model_keys or [])
@@ -97,3 +114,62 @@ def get_loss(self: StandardDiffusionLoss, model_output: Tensor, target: Tensor, 
     diff = model_output.float() - target.float()
     err = diff**2 if self.loss_type == "l2" else diff.abs()
     return (w.float() * err).reshape(target.shape[0], -1).mean(dim=1)
+
+# %% ../nbs/06_loss.ipynb #f2c91f75
+class LogVarHead(nn.Module):
+    """u(σ), the learned log-variance of the loss at σ: a linear layer over fixed Fourier features of c_noise = ln σ/4.
+
+    Call: `head(sigma) -> u`, σ `[B]` (> 0; σ = 0 is read as float32's smallest normal, 1.2e-38), u float32 `[B]`,
+    computed in float32 also under autocast or a bf16 cast of the module. Features `√2·cos(2π(f·c_noise + φ))` with
+    `channels` frequencies f ~ N(0, 1) and phases φ ~ U(0, 1) drawn from `seed` (buffers: saved, never trained);
+    the layer `weight` (`[channels]`, no bias) starts at zero, so u ≡ 0. Raises `ValueError` for `channels` < 1.
+    Source: NVlabs/edm2 `training/networks_edm2.py` (`MPFourier`; `Precond.logvar_fourier`, `logvar_linear`)."""
+    def __init__(self, channels: int = 128, seed: int = 0):
+        super().__init__()
+        self.channels, self.seed = check_int(channels, "channels"), int(seed)
+        g = torch.Generator().manual_seed(self.seed)
+        self.register_buffer("freqs", torch.randn(self.channels, generator=g))
+        self.register_buffer("phases", torch.rand(self.channels, generator=g))
+        self.weight = nn.Parameter(torch.zeros(self.channels))
+
+    def forward(self, sigma: Tensor) -> Tensor:
+        with torch.autocast(sigma.device.type, enabled=False):
+            c_noise = sigma.float().clamp_min(torch.finfo(torch.float32).tiny).log() / 4
+            features = math.sqrt(2) * torch.cos(2 * math.pi * (c_noise[:, None] * self.freqs.float() + self.phases.float()))
+            return features @ self.weight.float()
+
+    def extra_repr(self): return f"channels={self.channels}, seed={self.seed}"
+
+# %% ../nbs/06_loss.ipynb #cc0592dc
+class LearnedWeightingLoss(StandardDiffusionLoss, nn.Module):
+    """EDM2's uncertainty-weighted loss, per sample: `λ(σ)/e^{u(σ)}·mean((D − x_0)²) + u(σ)`, u learned with the network.
+
+    Call, σ checks and arguments as `StandardDiffusionLoss` (float32 loss `[B]`), plus `logvar_channels` (int ≥ 1,
+    else `ValueError`): the Fourier features of u's head, `self.logvar` (a `LogVarHead`). An `nn.Module`, so the head
+    is in the engine's state_dict and optimizer and moves with `.to(device)`. The value is EDM2's per-sample sum
+    over the d elements divided by d: the same optimum, e^{u*(σ)} = λ(σ)·E[mean((D − x_0)²)]. With `loss_type="l1"`
+    |D − x_0| replaces the square. Source: NVlabs/edm2 `training/training_loop.py: EDM2Loss`; Karras et al. 2024
+    (arXiv 2312.02696), eqs. 14–16 and 21."""
+    def __init__(self, sigma_sampler, loss_weighting, loss_type: str = "l2", offset_noise_level: float = 0.0,
+                 batch2model_keys=None, logvar_channels: int = 128):
+        nn.Module.__init__(self)
+        StandardDiffusionLoss.__init__(self, sigma_sampler, loss_weighting, loss_type, offset_noise_level, batch2model_keys)
+        self.logvar_channels = check_int(logvar_channels, "logvar_channels")
+        self.logvar = LogVarHead(self.logvar_channels)
+
+# %% ../nbs/06_loss.ipynb #11db22ca
+@patch
+def loss(self: LearnedWeightingLoss, network, denoiser, input: Tensor, sigmas: Tensor, cond: dict,
+         extra: dict | None = None, noise: Tensor | None = None) -> Tensor:
+    "`StandardDiffusionLoss.loss` (λ·mean((D − x_0)²)) divided by e^u, plus u: float32 `[B]`. Reads nothing back from the device."
+    u = self.logvar(sigmas)
+    return StandardDiffusionLoss.loss(self, network, denoiser, input, sigmas, cond, extra, noise) * torch.exp(-u) + u
+
+@patch
+@torch.no_grad()
+def per_sigma_logs(self: LearnedWeightingLoss, loss: Tensor, sigmas: Tensor) -> dict[str, Tensor]:
+    """Per-sample values for the engine's per-σ-bucket logs, each float32 `[B]`: `logvar` (u) and `weighted_error`
+    (λ·mean((D − x_0)²), what `StandardDiffusionLoss` would report), recovered from this loss as (loss − u)·e^u:
+    no second forward."""
+    u = self.logvar(sigmas)
+    return {"logvar": u, "weighted_error": (loss.detach().float() - u) * u.exp()}

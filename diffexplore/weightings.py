@@ -7,10 +7,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 from .core import Repr, as_sigma, check_positive
+from .scalings import EpsScaling, VScaling
 
 # %% auto #0
 __all__ = ['WEIGHTINGS', 'DiffusionLossWeighting', 'UnitWeighting', 'EDMWeighting', 'VWeighting', 'EpsWeighting',
-           'effective_weight']
+           'effective_weight', 'MinSNRWeighting', 'SoftMinSNRWeighting', 'RectifiedFlowWeighting', 'weighting_in_space',
+           'd_space_weight']
 
 # %% ../nbs/04_weightings.ipynb #35416147
 class DiffusionLossWeighting(Repr):
@@ -65,6 +67,77 @@ def effective_weight(weighting: DiffusionLossWeighting, # w(σ)
     Raises as `weighting(sigma)` and `scaling(sigma)` do. Source: crowsonkb/k-diffusion #45; Karras et al. 2022, eq. 8."""
     return weighting(sigma) * scaling.c_out(sigma)**2
 
+# %% ../nbs/04_weightings.ipynb #474f35ff
+class MinSNRWeighting(DiffusionLossWeighting):
+    """w(σ) = min(SNR, γ) with SNR = 1/σ²: `EpsWeighting` capped at γ, so w(0) = γ.
+
+    `gamma` > 0 and finite (5 in the paper), else `ValueError`. σ ≥ 0, any shape; w is float32/float64 in [0, γ]
+    (an SNR that overflows to ∞ is still capped at γ). Source: Hang et al. 2023 (arXiv 2303.09556), §3.4;
+    huggingface/diffusers `examples/text_to_image/train_text_to_image.py` (`compute_snr`, `snr_gamma`)."""
+    finite_at_zero = True
+    def __init__(self, gamma: float = 5.0): self.gamma = check_positive(gamma, "gamma")
+    def weight(self, sigma):
+        snr = sigma**-2
+        return snr.clamp(max=self.gamma)
+
+# %% ../nbs/04_weightings.ipynb #dd3f8229
+class SoftMinSNRWeighting(DiffusionLossWeighting):
+    """w(σ) = 1/(σ² + σ_data²) = 1/(1/SNR + 1/γ) with γ = 1/σ_data²: a smooth min(SNR, γ), w(0) = 1/σ_data².
+
+    `sigma_data` > 0 (data std, the same as `EDMScaling`'s), else `ValueError`. σ ≥ 0, any shape; float32/float64.
+    Source: crowsonkb/k-diffusion `k_diffusion/layers.py` (`Denoiser`, weighting 'soft-min-snr', written there on F
+    for EDM's c_out: (σ·σ_data)²/(σ² + σ_data²)² = w·c_out²)."""
+    finite_at_zero = True
+    def __init__(self, sigma_data: float = 0.5): self.sigma_data = check_positive(sigma_data, "sigma_data")
+    def weight(self, sigma): return 1 / (sigma**2 + self.sigma_data**2)
+
+# %% ../nbs/04_weightings.ipynb #1f1ff373
+class RectifiedFlowWeighting(DiffusionLossWeighting):
+    """w(σ) = (1 + 1/σ)²: rectified flow's unweighted velocity MSE, written on D (w·c_out² = 1 for c_out = −σ/(1+σ)).
+
+    σ > 0, any shape (σ = 0 raises `ValueError`: the weight is ∞); float32/float64, ≈ 1e12 at σ = 1e-6, → 1 as σ → ∞.
+    With σ = t/(1 − t) for x_t = (1 − t)·x_0 + t·ε and v = ε − x_0: D − x_0 = −σ/(1 + σ)·(v̂ − v).
+    Source: Esser et al. 2024 (Stable Diffusion 3, arXiv 2403.03206); Liu et al. 2022 (arXiv 2209.03003)."""
+    def __init__(self): pass
+    def weight(self, sigma): return (1 + 1 / sigma)**2
+
+# %% ../nbs/04_weightings.ipynb #12cf601e
+_SPACE_SCALINGS = {"eps": EpsScaling, "v": VScaling}   # x0 space: c_out = 1
+
+def _space_scaling(space: str):
+    "The scaling whose c_out maps the error in `space` to D − x_0 (None for x0), or `ValueError` naming `space`."
+    if space == "x0": return None
+    if space not in _SPACE_SCALINGS: raise ValueError(f"space must be 'x0', 'eps' or 'v'; got space={space!r}")
+    return _SPACE_SCALINGS[space]()
+
+# %% ../nbs/04_weightings.ipynb #7c7838ad
+def weighting_in_space(weighting: DiffusionLossWeighting, # λ(σ), the weight on ‖D − x_0‖²
+                       sigma, # σ ≥ 0, any shape (σ > 0 where `weighting` is infinite at 0)
+                       space: str = "x0", # the error the loss is written on: "x0", "eps" or "v"
+                      ) -> Tensor: # the weight on that error, float32/float64, shaped like σ
+    """The weight the loss λ·‖D − x_0‖² puts on ‖x̂_0 − x_0‖² (λ), ‖ε̂ − ε‖² (λ·σ²) or ‖v̂ − v‖² (λ·σ²/(1 + σ²)).
+
+    Raises `ValueError` naming `space` if it is not one of the three, and as `weighting(sigma)` does.
+    Source: Hang et al. 2023 (arXiv 2303.09556), §3.4; Salimans & Ho 2022 (v); Karras et al. 2022, eq. 8."""
+    scaling = _space_scaling(space)
+    return weighting(sigma) if scaling is None else effective_weight(weighting, scaling, sigma)
+
+# %% ../nbs/04_weightings.ipynb #1fb411cc
+def d_space_weight(w_space, # the weight a loss puts on the error in `space`, ≥ 0, shaped like σ (or broadcastable)
+                   sigma, # σ ≥ 0 for "x0"; σ > 0 for "eps" and "v", any shape
+                   space: str = "x0", # "x0", "eps" or "v"
+                  ) -> Tensor: # λ(σ): the same loss's weight on ‖D − x_0‖², float32/float64
+    """The inverse of `weighting_in_space`: λ = w_space / c_out(σ)², with c_out² = 1, σ² or σ²/(1 + σ²).
+
+    Raises `ValueError` naming `space` if unknown, `w_space` if negative/NaN/∞, and σ if negative/NaN/∞ or, in eps
+    and v space, 0 (c_out = 0 there: the loss says nothing about D). Source: as `weighting_in_space`."""
+    scaling, w = _space_scaling(space), as_sigma(w_space, "w_space")
+    if scaling is None: return w
+    sigma = as_sigma(sigma)
+    if bool((sigma == 0).any()): raise ValueError(f"d_space_weight: c_out = 0 in {space} space at sigma=0; got sigma=0.0")
+    return w / effective_weight(UnitWeighting(), scaling, sigma)
+
 # %% ../nbs/04_weightings.ipynb #39f9ace5
-WEIGHTINGS = {"Unit": UnitWeighting, "EDM": EDMWeighting, "V": VWeighting, "Eps": EpsWeighting}
+WEIGHTINGS = {"Unit": UnitWeighting, "EDM": EDMWeighting, "V": VWeighting, "Eps": EpsWeighting,
+              "MinSNR": MinSNRWeighting, "SoftMinSNR": SoftMinSNRWeighting, "RectifiedFlow": RectifiedFlowWeighting}
 "The weightings by short name, for explorers and configs."

@@ -250,7 +250,7 @@ def test_config_by_name(tmp_path, capsys, monkeypatch):
     assert load_config("digits") == load_config(CONFIG)
     assert main(["train", "--config", "digitz"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "'digitz'" in err and "shipped: digits, fashion_mnist" in err
+    assert len(err.splitlines()) == 1 and "'digitz'" in err and "shipped: digits, digits_edm2, digits_flow, digits_minsnr, fashion_mnist" in err
     installed = tmp_path / "pkg"; installed.mkdir(); (installed / "mine.yaml").write_text(CONFIG.read_text())
     monkeypatch.setattr(importlib.resources, "files", lambda pkg: installed)   # an installed package's folder
     assert list(cli.shipped_configs()) == ["mine"] and cli.resolve_config("mine") == installed / "mine.yaml"
