@@ -10,12 +10,13 @@ from pathlib import Path
 from omegaconf import OmegaConf, DictConfig
 
 # %% auto #0
-__all__ = ['TRAINER_SECTIONS', 'SECTION_KEYS', 'LIGHTNING_KEYS', 'SGM_LIGHTNING_KEYS', 'REFUSED', 'CLI_TRAINER_KEYS',
-           'TRAINER_MINIMUMS', 'SGM_CALLBACKS', 'SAMPLERS', 'QUIETED', 'NO_FAST', 'ConfigError', 'shipped_configs',
-           'resolve_config', 'apply_overrides', 'check_sections', 'load_config', 'build_engine', 'build_data',
-           'check_compatible', 'trainer_kwargs', 'sgm_callbacks', 'run_callbacks', 'make_trainer', 'learning_rate',
-           'ema_summary', 'train', 'read_metrics', 'plot_losses', 'judge_run', 'load_engine', 'set_sampler', 'sample',
-           'quiet_libraries', 'main']
+__all__ = ['TRAINER_SECTIONS', 'SECTION_KEYS', 'LIGHTNING_KEYS', 'SGM_LIGHTNING_KEYS', 'REFUSED', 'SIGMA_DATA_TOLERANCE',
+           'CLI_TRAINER_KEYS', 'TRAINER_MINIMUMS', 'SGM_CALLBACKS', 'SAMPLERS', 'QUIETED', 'NO_FAST', 'ConfigError',
+           'shipped_configs', 'resolve_config', 'apply_overrides', 'check_sections', 'load_config', 'build_engine',
+           'build_data', 'check_compatible', 'sigma_data_auto_keys', 'resolve_sigma_data', 'measure_sigma_data',
+           'SigmaDataWarning', 'sigma_data_components', 'check_sigma_data', 'trainer_kwargs', 'sgm_callbacks',
+           'run_callbacks', 'make_trainer', 'learning_rate', 'ema_summary', 'train', 'read_metrics', 'plot_losses',
+           'judge_run', 'load_engine', 'set_sampler', 'sample', 'quiet_libraries', 'main']
 
 # %% ../nbs/14_cli.ipynb #c480f66b
 class ConfigError(ValueError):
@@ -89,15 +90,18 @@ def _split_override(o: str) -> tuple[str, str]:
     if not eq or not _KEY.fullmatch(key): raise ConfigError(f"override must look like key=value with a dotted key (model.params.lr=3e-4); got {o!r}")
     return key, value
 
+def _is_lightning_key(key: str) -> bool: return key.startswith("lightning.") and key[len("lightning."):] in LIGHTNING_KEYS
+
 def apply_overrides(cfg: DictConfig, # the base config
                     overrides: list[str], # dotted `key=value` strings; list items by index (`emb_models.0.params.embed_dim=64`)
                    ) -> DictConfig:
     """Set keys from `key=value` overrides; values are parsed as YAML (`3e-4`, `[64, 128]`, `null`). Raises `ConfigError`
-    for a malformed override (all are checked first) or a key that does not exist (with close matches)."""
+    for a malformed override (all are checked first) or a key that does not exist (with close matches); `lightning.` keys of
+    `LIGHTNING_KEYS` and a target's constructor parameters may be set where the file does not."""
     pairs, cfg = [_split_override(o) for o in overrides], cfg.copy()
     known = _all_keys(OmegaConf.to_container(cfg, resolve=False))
     for key, value in pairs:
-        if key not in known and not _is_trainer_arg(key) and not _is_target_param(cfg, key):
+        if key not in known and not _is_trainer_arg(key) and not _is_target_param(cfg, key) and not _is_lightning_key(key):
             section = next((s for s in TRAINER_SECTIONS[::-1] if key.startswith(s + ".")), None)
             options = known + ([f"{section}.{a}" for a in _trainer_args()] if section else [])
             near = difflib.get_close_matches(key, list(dict.fromkeys(options)), n=3)
@@ -109,7 +113,8 @@ def apply_overrides(cfg: DictConfig, # the base config
 SECTION_KEYS = {"": ("seed", "model", "data", "trainer", "lightning"), "model": ("target", "params", "base_learning_rate"),
                 "data": ("target", "params")}
 "The keys a config may hold at its top level and in its `model` and `data` sections."
-LIGHTNING_KEYS = {"checkpoint_every_n_steps": 500, "sample_every_n_steps": 1000, "samples_per_class": 8, "judge_samples": 0}
+LIGHTNING_KEYS = {"checkpoint_every_n_steps": 500, "sample_every_n_steps": 1000, "samples_per_class": 8, "judge_samples": 0,
+                  "sigma_data_batches": 100}
 "diffexplore's own `lightning:` keys and their defaults."
 SGM_LIGHTNING_KEYS = ("trainer", "callbacks", "modelcheckpoint", "strategy")
 "sgm's `lightning:` keys (`main.py`) that `diffexplore train` honours."
@@ -156,10 +161,13 @@ def load_config(path, # a YAML file, or a shipped config's name (`digits`)
     return cfg
 
 # %% ../nbs/14_cli.ipynb #ec5e33de
-def build_engine(cfg: DictConfig):
+def build_engine(cfg: DictConfig, dm=None):
     """The `DiffusionEngine` the config's `model` section describes (`model.base_learning_rate`, sgm's, becomes its `lr`),
-    with the whole config attached (saved in checkpoints). Raises `ConfigError` when both set the learning rate."""
+    with the whole config attached (saved in checkpoints). A `sigma_data: auto` is first replaced by the σ_data of the
+    data `dm` (built from the config when None; `measure_sigma_data`), so the attached config holds the number.
+    Raises `ConfigError` when both set the learning rate."""
     from diffexplore.core import instantiate_from_config
+    if sigma_data_auto_keys(cfg): cfg = resolve_sigma_data(cfg, measure_sigma_data(cfg, dm)["value"])
     model = OmegaConf.to_container(cfg.model, resolve=True)
     base = model.pop("base_learning_rate", None)
     if base is not None:
@@ -199,6 +207,108 @@ def check_compatible(engine, dm) -> None:
     n_data = getattr(dm, "num_classes", None)
     if n_classes is not None and n_data is not None and n_data > n_classes:
         raise ConfigError(f"the data has num_classes={n_data} but the class embedder has n_classes={n_classes}")
+
+# %% ../nbs/14_cli.ipynb #c46f1f09
+def sigma_data_auto_keys(cfg: DictConfig) -> list[str]:
+    "The dotted keys `model.….params.sigma_data` whose value is the string `auto`, in config order."
+    if cfg.get("model") is None: return []
+    keys = [f"model.{k}" for k in _all_keys(OmegaConf.to_container(cfg.model, resolve=False)) if k.split(".")[-2:] == ["params", "sigma_data"]]
+    return [k for k in keys if OmegaConf.select(cfg, k) == "auto"]
+
+def resolve_sigma_data(cfg: DictConfig, value: float, keys=None) -> DictConfig:
+    "A copy of `cfg` with every `sigma_data: auto` (or each of `keys`) set to `value`, rounded to 4 significant digits."
+    cfg = cfg.copy()
+    for k in (sigma_data_auto_keys(cfg) if keys is None else keys): OmegaConf.update(cfg, k, float(f"{value:.4g}"), merge=False)
+    return cfg
+
+def _sigma_data_batches(cfg) -> int:
+    k = _lightning(cfg).get("sigma_data_batches", LIGHTNING_KEYS["sigma_data_batches"])
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise ConfigError(f"lightning.sigma_data_batches must be an int >= 0; got lightning.sigma_data_batches={k!r}")
+    return k
+
+# %% ../nbs/14_cli.ipynb #19ebeb60
+def measure_sigma_data(cfg: DictConfig, # a loaded config
+                       dm=None, # its data module (built with `build_data` when None)
+                      ) -> dict: # {"value": std, "statistic": "std", "elements": count, "max_batches"}
+    """σ_data of the config's training data as the model sees it: `data.data_moments` of at most
+    `lightning.sigma_data_batches` batches after the first stage of `model.params.first_stage_config`, which is built
+    here (and moved to the GPU when there is one and it has weights); the random state is restored after. Raises `ConfigError` for a bad
+    `lightning.sigma_data_batches`, `ValueError` for empty data or NaN/inf in it."""
+    import torch
+    from diffexplore.core import instantiate_from_config
+    from diffexplore.data import data_moments
+    k, dm = _sigma_data_batches(cfg), build_data(cfg) if dm is None else dm
+    fs_cfg = OmegaConf.select(cfg, "model.params.first_stage_config")
+    fs = None if fs_cfg is None else instantiate_from_config(OmegaConf.to_container(fs_cfg, resolve=True), path="model.params.first_stage_config")
+    device = "cuda" if torch.cuda.is_available() and any(True for _ in getattr(fs, "parameters", list)()) else None
+    if device: fs = fs.to(device)
+    with torch.random.fork_rng(devices=[] if device is None else [torch.cuda.current_device()]):   # a sampling VAE leaves the run's RNG alone
+        m = data_moments(dm, fs, max_batches=k or None, input_key=OmegaConf.select(cfg, "model.params.input_key") or "jpg", device=device)
+    return {"value": m["std"], "statistic": "std", "elements": m["n"], "max_batches": k}
+
+# %% ../nbs/14_cli.ipynb #2bc5a546
+class SigmaDataWarning(UserWarning):
+    "A model component assumes a σ_data far from its data's (see `check_sigma_data`)."
+
+SIGMA_DATA_TOLERANCE = 0.25
+"`check_sigma_data` warns when a component's σ_data differs from the data's by more than this fraction of the data's."
+
+def _parts(obj) -> list:
+    "(name, part) of an object: an `nn.Module`'s submodules and the diffexplore objects (or objects with `sigma_data`) among its attributes."
+    items = list(getattr(obj, "_modules", {}).items()) + ([(k, v) for k, v in vars(obj).items() if not k.startswith("_")] if hasattr(obj, "__dict__") else [])
+    return [(k, v) for k, v in items if v is not None and (type(v).__module__.startswith("diffexplore.") or hasattr(v, "sigma_data"))]
+
+def sigma_data_components(engine) -> dict[str, float]:
+    "{attribute path: σ_data} of every part of `engine` that assumes one (`data.implied_sigma_data`), e.g. `{'denoiser.scaling': 0.5}`."
+    from diffexplore.data import implied_sigma_data
+    out, seen, todo = {}, set(), [("", engine)]
+    while todo:
+        path, obj = todo.pop(0)
+        if id(obj) in seen: continue
+        seen.add(id(obj))
+        if path and (sd := implied_sigma_data(obj)) is not None: out[path] = sd
+        todo += [(f"{path}.{k}" if path else k, v) for k, v in _parts(obj)]
+    return out
+
+# %% ../nbs/14_cli.ipynb #4273aacf
+def check_sigma_data(engine, data_sigma: float | None, # the data's σ_data (`measure_sigma_data`); None: nothing to compare
+                     tolerance: float = SIGMA_DATA_TOLERANCE) -> dict[str, float]: # `sigma_data_components(engine)`
+    """The σ_data of each component; warns once (`SigmaDataWarning`, one line naming each component more than
+    `tolerance` off: its path, class, σ_data and difference in %, and the data's value)."""
+    from operator import attrgetter
+    from diffexplore.data import UNIT_VARIANCE_SCALINGS
+    comps = sigma_data_components(engine)
+    off = {p: v for p, v in comps.items() if data_sigma is not None and abs(v / data_sigma - 1) > tolerance}
+    def name(p):
+        c = attrgetter(p)(engine)
+        return type(c).__name__ + (", c_in = 1/√(σ²+1) assumes unit-variance data" if isinstance(c, UNIT_VARIANCE_SCALINGS) else "")
+    if off:
+        parts = "; ".join(f"{p} ({name(p)}) assumes sigma_data = {v:.4g} ({100 * (v / data_sigma - 1):+.0f} %)" for p, v in off.items())
+        warnings.warn(f"sigma_data mismatch: {parts}, but the data's is {data_sigma:.4g} (std after the first stage); "
+                      f"set sigma_data: auto (or {data_sigma:.4g}) in the model config", SigmaDataWarning, stacklevel=2)
+    return comps
+
+# %% ../nbs/14_cli.ipynb #d63e9b6c
+def _sigma_data_for_run(cfg, dm, resume=None) -> tuple[DictConfig, dict, float | None]:
+    """(the config with `sigma_data: auto` resolved, the summary's σ_data entries, the data's σ_data or None).
+    Resuming, `auto` takes the value saved in the checkpoint; otherwise the data's (`measure_sigma_data`), printed
+    once. Raises `ConfigError` for `auto` with `lightning.sigma_data_batches=0` (no estimate)."""
+    import torch
+    keys, m = sigma_data_auto_keys(cfg), measure_sigma_data(cfg, dm) if _sigma_data_batches(cfg) else None
+    what = None if m is None else f"std of {m['elements']:,} training values after the first stage"
+    est = None if m is None else {"sigma_data": float(f"{m['value']:.4g}"), "sigma_data_source": "the data's " + what}
+    data_sigma = None if m is None else m["value"]
+    if not keys: return cfg, est or {}, data_sigma
+    saved = OmegaConf.create(torch.load(resume, map_location="cpu", weights_only=False, mmap=True).get("diffexplore_config") or {}) if resume else {}
+    old = [OmegaConf.select(saved, k) for k in keys] if resume else []
+    if old and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in old):
+        cfg = cfg.copy()
+        for k, v in zip(keys, old): OmegaConf.update(cfg, k, v, merge=False)
+        return cfg, {"sigma_data": old[0], "sigma_data_source": f"auto, as saved in the resumed checkpoint {resume}"}, data_sigma
+    if est is None: raise ConfigError("sigma_data: auto needs the data's estimate, which lightning.sigma_data_batches=0 turns off; write a number")
+    print(f"sigma_data: auto = {est['sigma_data']}, the {what}, for {', '.join(k.removesuffix('.params.sigma_data') for k in keys)}")
+    return resolve_sigma_data(cfg, est["sigma_data"], keys), {**est, "sigma_data_source": "auto = the " + what}, data_sigma
 
 # %% ../nbs/14_cli.ipynb #68428619
 CLI_TRAINER_KEYS = ("logger", "default_root_dir", "callbacks")
@@ -436,15 +546,19 @@ def train(cfg: DictConfig, # a loaded config (see `load_config`)
           fast_off=(), # fast GPU settings to turn off: names from `engine.FAST_SWITCHES`, or "all"
           scale_lr: bool = False, # sgm's --scale_lr: scale model.base_learning_rate (see `learning_rate`)
          ) -> dict: # summary: steps, final loss, learning rate, EMA decay, paths, judge results
-    """Train the run `cfg` describes into `run_dir`. Raises `ConfigError` before training for config problems (and then
-    writes nothing), `NonFiniteLossError` (after saving nothing new) when the loss becomes NaN/inf."""
+    """Train the run `cfg` describes into `run_dir`, its `sigma_data: auto` resolved first (`_sigma_data_for_run`).
+    Raises `ConfigError` before training for config problems (and then writes nothing), `NonFiniteLossError`
+    (after saving nothing new) when the loss becomes NaN/inf."""
     import torch, lightning.pytorch as pl
     run_dir = Path(run_dir); _check_new_run(run_dir, resume)
     trainer_kwargs(cfg)   # a bad trainer setting fails here, before data and model are built
     _check_scale_lr(cfg, scale_lr)   # before anything is built
     pl.seed_everything(int(cfg.get("seed", 0)), verbose=False)
-    dm, engine = build_data(cfg), build_engine(cfg)
+    dm = build_data(cfg)
+    cfg, sigma_data, data_sigma = _sigma_data_for_run(cfg, dm, resume)   # `sigma_data: auto` → a number, before the model exists
+    engine = build_engine(cfg)
     check_compatible(engine, dm)
+    sigma_data["sigma_data_components"] = check_sigma_data(engine, data_sigma)   # one SigmaDataWarning when a component is > 25 % off
     resume_step = torch.load(resume, map_location="cpu", weights_only=False, mmap=True)["global_step"] if resume else 0
     trainer = make_trainer(cfg, run_dir, num_classes=getattr(dm, "num_classes", None), engine=engine, fast_off=fast_off,
                            resume_step=resume_step)
@@ -455,7 +569,7 @@ def train(cfg: DictConfig, # a loaded config (see `load_config`)
     engine.to(trainer.strategy.root_device)   # Lightning's teardown moved it to the CPU: judge on the training device
     loss = trainer.callback_metrics.get("train/loss")
     summary = {"global_step": trainer.global_step, "train_seconds": round(time.time() - t0, 1), "final_loss": None if loss is None else float(loss),
-               **lr, **ema_summary(engine.model_ema if engine.use_ema else None), "checkpoint": str(run_dir / "checkpoints" / "last.ckpt"), "run_dir": str(run_dir)}
+               **lr, **ema_summary(engine.model_ema if engine.use_ema else None), "checkpoint": str(run_dir / "checkpoints" / "last.ckpt"), "run_dir": str(run_dir), **sigma_data}
     plot_losses(run_dir)
     n_judge = int(_lightning(cfg).get("judge_samples", LIGHTNING_KEYS["judge_samples"]))
     if judge and n_judge > 0 and getattr(dm, "num_classes", None): summary["judge"] = judge_run(engine, dm, n_judge, run_dir, progress=True)

@@ -20,14 +20,16 @@ import plotly.graph_objects as go
 from PIL import Image, ImageOps, UnidentifiedImageError
 from fastcore.basics import patch
 
-from .core import Repr, check_int
+from .core import Repr, check_int, check_positive
+from .scalings import EpsScaling, VScaling
 
 # %% auto #0
-__all__ = ['RESIZE_MODES', 'IDX_FILES', 'FASHION_MNIST_FILES', 'FASHION_MNIST_CLASSES', 'CIFAR10_CLASSES', 'CIFAR10_FILES',
-           'IMAGE_EXTENSIONS', 'DATAMODULES', 'to_model_range', 'to_uint8', 'resize_images', 'DictDataset',
-           'ImageDataModule', 'EpochShuffleSampler', 'DigitsDataModule', 'image_grid', 'save_image_grid', 'show_images',
-           'read_idx', 'FashionMNISTDataModule', 'MNISTLoader', 'read_cifar_batch', 'CIFAR10Loader',
-           'ImageFolderDataModule', 'ArrayDataModule', 'datamodule_from_name']
+__all__ = ['RESIZE_MODES', 'SIGMA_DATA_STATISTICS', 'UNIT_VARIANCE_SCALINGS', 'IDX_FILES', 'FASHION_MNIST_FILES',
+           'FASHION_MNIST_CLASSES', 'CIFAR10_CLASSES', 'CIFAR10_FILES', 'IMAGE_EXTENSIONS', 'DATAMODULES',
+           'to_model_range', 'to_uint8', 'resize_images', 'DictDataset', 'ImageDataModule', 'EpochShuffleSampler',
+           'DigitsDataModule', 'image_grid', 'save_image_grid', 'show_images', 'data_moments', 'estimate_sigma_data',
+           'implied_sigma_data', 'read_idx', 'FashionMNISTDataModule', 'MNISTLoader', 'read_cifar_batch',
+           'CIFAR10Loader', 'ImageFolderDataModule', 'ArrayDataModule', 'datamodule_from_name']
 
 # %% ../nbs/07_data.ipynb #a10a375e
 def to_model_range(x, # pixel values: a numpy array or tensor of any shape, real numbers
@@ -124,7 +126,7 @@ class ImageDataModule(Repr, LightningDataModule):
     def num_classes(self) -> int | None: return len(self.class_names) if self.class_names is not None else None
 
     def data_std(self) -> float:
-        "Std of all training pixels in [-1, 1]: a hint for σ_data (EDMScaling/EDMWeighting's 0.5 assumes about this)."
+        "Std of all training pixels in [-1, 1] (float64): the σ_data of a pixel-space model (`estimate_sigma_data` gives it for any data and first stage)."
         return float(self.train_images().double().std())
 
 # %% ../nbs/07_data.ipynb #08a7fc5e
@@ -269,6 +271,96 @@ def show_images(images: Tensor, # float [N, C, H, W] in [-1, 1], C = 1 or 3
     return fig.update_layout(title=title, height=80 + 90 * math.ceil(len(x) / ncols), margin=dict(l=10, r=10, t=60, b=10))
 
 def _label_name(label, class_names): return str(class_names[label]) if class_names is not None else str(label)
+
+# %% ../nbs/07_data.ipynb #f8cb7d58
+class _Moments:
+    "Count, mean and sum of squared deviations (M2) of all elements seen, in float64, merged batch by batch (Chan et al. 1979)."
+    def __init__(self): self.n, self.mean, self.m2 = 0, 0.0, 0.0
+    def update(self, x: Tensor, where: str = "data"):
+        x = x.detach().to(torch.float64).flatten()
+        if not x.numel(): return self
+        bad = ~torch.isfinite(x)
+        if bool(bad.any()):
+            raise ValueError(f"{where} contains {int(torch.isnan(x).sum())} NaN and {int(bad.sum() - torch.isnan(x).sum())} inf values; σ_data is undefined")
+        n, m = x.numel(), float(x.mean())
+        m2, delta, tot = float(((x - m) ** 2).sum()), m - self.mean, self.n + x.numel()
+        self.mean, self.m2, self.n = self.mean + delta * n / tot, self.m2 + m2 + delta**2 * self.n * n / tot, tot
+        return self
+    def result(self) -> dict:
+        "`n`, `mean`, `std` (divisor n − 1, as `torch.std`) and `rms` = √(E[x²])."
+        if self.n < 2: raise ValueError(f"data is empty (or has {self.n} element): σ_data needs at least 2 values")
+        return {"n": self.n, "mean": self.mean, "std": math.sqrt(self.m2 / (self.n - 1)), "rms": math.sqrt(self.m2 / self.n + self.mean**2)}
+
+# %% ../nbs/07_data.ipynb #cc50c902
+def _sample_rows(x, max_batches, batch_size):
+    "All rows of `x`, or `max_batches · batch_size` of them drawn by a seeded permutation (kept in order)."
+    if max_batches is None or max_batches * batch_size >= len(x): return x
+    return x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:max_batches * batch_size].sort().values]
+
+def _as_batch(b, input_key: str) -> Tensor:
+    if isinstance(b, dict):
+        if input_key not in b: raise ValueError(f"batch has no key input_key={input_key!r}; its keys: {', '.join(map(str, b))}")
+        b = b[input_key]
+    elif isinstance(b, (tuple, list)): b = b[0]
+    return torch.as_tensor(b)
+
+def _batches(data, input_key: str, max_batches, batch_size: int):
+    "Tensors `[B, ...]` from a tensor/array, an `ImageDataModule`, a `LightningDataModule`, or an iterable of batches."
+    if isinstance(data, ImageDataModule): data, batch_size = data.train_images(), data.batch_size
+    elif isinstance(data, LightningDataModule): data.setup("fit"); data = data.train_dataloader()
+    if isinstance(data, (Tensor, np.ndarray)):
+        x = _sample_rows(torch.as_tensor(data), max_batches, batch_size)
+        yield from x.split(batch_size) if x.ndim else [x]; return
+    for i, b in enumerate(data):
+        if max_batches is not None and i >= max_batches: return
+        yield _as_batch(b, input_key)
+
+# %% ../nbs/07_data.ipynb #4e317c67
+def data_moments(data, # tensor/array [N, C, H, W], ImageDataModule, LightningDataModule, DataLoader or iterable of batches
+                 first_stage=None, # an object with `encode(x)` (e.g. `AutoencoderKLFirstStage`); its encode applies its own scale_factor
+                 scale_factor: float | None = None, # multiply raw latents by this; only without `first_stage` (else ValueError)
+                 max_batches: int | None = None, # read at most this many batches (None: all)
+                 input_key: str = "jpg", # the image key of dict batches
+                 batch_size: int = 512, # rows per batch for a tensor/array
+                 device=None, # move each batch here before `encode` (the first stage must be there)
+                ) -> dict: # {"n": elements, "mean", "std", "rms"}, floats from float64 sums
+    """Count, mean, standard deviation and root mean square of every element of `data` after `first_stage.encode`.
+    Raises `ValueError` for empty data, NaN/inf values (counted), `scale_factor` together with `first_stage`, a bad
+    `max_batches`/`batch_size`, or a dict batch without `input_key`."""
+    if first_stage is not None and scale_factor is not None:
+        raise ValueError(f"scale_factor={scale_factor!r} with a first_stage: its encode already applies its scale_factor; pass scale_factor only for raw latents")
+    s = 1.0 if scale_factor is None else check_positive(scale_factor, "scale_factor")
+    if max_batches is not None: check_int(max_batches, "max_batches", 1)
+    acc = _Moments()
+    for i, x in enumerate(_batches(data, input_key, max_batches, check_int(batch_size, "batch_size", 1))):
+        if device is not None: x = x.to(device)
+        if first_stage is not None:
+            with torch.no_grad(): x = first_stage.encode(x)
+        acc.update(x * s if s != 1.0 else x, where=f"data (batch {i})")
+    return acc.result()
+
+# %% ../nbs/07_data.ipynb #be5163da
+SIGMA_DATA_STATISTICS = ("std", "rms")
+
+def estimate_sigma_data(data, first_stage=None, scale_factor: float | None = None, max_batches: int | None = None,
+                        input_key: str = "jpg", statistic: str = "std", # "std" (EDM's σ_data) or "rms" = √E[x²]
+                        **kwargs) -> float: # σ_data in the diffusion model's units (latents after scale_factor)
+    """σ_data of `data`: the standard deviation of all its elements around their mean (Karras et al. 2022, Table 1 and
+    Appendix B.6), after `first_stage.encode`; `statistic="rms"` gives √E[x²] instead. Arguments and errors as
+    `data_moments` (`batch_size`, `device` pass through); `ValueError` for another `statistic`."""
+    if statistic not in SIGMA_DATA_STATISTICS: raise ValueError(f"statistic must be one of {SIGMA_DATA_STATISTICS}; got statistic={statistic!r}")
+    return data_moments(data, first_stage, scale_factor, max_batches, input_key, **kwargs)[statistic]
+
+# %% ../nbs/07_data.ipynb #5d62df31
+UNIT_VARIANCE_SCALINGS = (VScaling, EpsScaling)
+"Scalings with `c_in = 1/√(σ² + 1)`: they assume unit-variance data (σ_data = 1)."
+
+def implied_sigma_data(component) -> float | None:
+    "The σ_data a component assumes: its numeric `sigma_data` attribute, 1.0 for `UNIT_VARIANCE_SCALINGS` (VScaling, EpsScaling and subclasses), else None."
+    sd = getattr(component, "sigma_data", None)
+    if isinstance(sd, (int, float, np.floating, np.integer)) and not isinstance(sd, bool): return float(sd)
+    if isinstance(sd, Tensor) and sd.numel() == 1: return float(sd)
+    return 1.0 if isinstance(component, UNIT_VARIANCE_SCALINGS) else None
 
 # %% ../nbs/07_data.ipynb #c1a91619
 def read_idx(path, # an idx file (`.gz` or raw), e.g. `train-images-idx3-ubyte.gz`

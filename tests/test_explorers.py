@@ -7,13 +7,14 @@ import torch
 
 from diffexplore.data import DigitsDataModule
 from diffexplore.discretizer import EDMDiscretization, LegacyDDPMDiscretization
-from diffexplore.explorers import (FP16_MAX, batch_restyle, NOISING_PANELS, PANELS, NoisingExplorer, ScalingExplorer, SigmaSamplingExplorer,
-                                   log10_histogram, make_scalings, make_weighting, noising_panels,
-                                   optimal_denoiser, panel_values, posterior_weights, readout_table, readout_values,
-                                   sampling_summary, sigma_grid, target_std_curve)
-from diffexplore.scalings import EDMScaling, EpsScaling, ScoreScaling, VScaling
+from diffexplore.explorers import (DESIGN_PANELS, FP16_MAX, batch_restyle, NOISING_PANELS, PANELS, DesignSpaceExplorer, NoisingExplorer,
+                                   ScalingExplorer, SigmaSamplingExplorer, log10_histogram, make_scalings, make_weighting,
+                                   noising_panels, optimal_denoiser, panel_values, posterior_weights, readout_table,
+                                   readout_values, sampling_summary, takes_sigma_data)
+from diffexplore.recipes import RECIPES, Recipe, recipe_curves, recipe_values, recipe_x, sigma_grid, target_std_curve
+from diffexplore.scalings import SCALINGS, EDMScaling, EpsScaling, ScoreScaling, VScaling
 from diffexplore.sigma_sampling import DiscreteSampling, EDMSampling
-from diffexplore.weightings import EDMWeighting, EpsWeighting, VWeighting
+from diffexplore.weightings import WEIGHTINGS, EDMWeighting, EpsWeighting, VWeighting
 
 f64 = torch.float64
 
@@ -120,11 +121,21 @@ def test_panel_values_matched_pairs_have_unit_effective_weight(digits):  # crows
     assert list(panel_values(make_scalings(), make_weighting(), digits, sig)) == list(PANELS)
 
 
+def test_sigma_data_goes_to_every_constructor_that_takes_it():
+    takers = {n for n, c in SCALINGS.items() if takes_sigma_data(c)}
+    assert takers == {"EDM", "TrigFlow", "ConsistencyBoundary"} and len(SCALINGS) == 8
+    for n, s in make_scalings(sigma_data=0.7).items(): assert (getattr(s, "sigma_data", None) == 0.7) == (n in takers), n
+    w_takers = {n for n, c in WEIGHTINGS.items() if takes_sigma_data(c)}
+    assert {"EDM", "SoftMinSNR"} <= w_takers and "V" not in w_takers      # VWeighting is EDM's with σ_data fixed at 1
+    for n in WEIGHTINGS: assert (getattr(make_weighting(n, 0.7), "sigma_data", None) == 0.7) == (n in w_takers), n
+
+
 def test_names_checked():
     with pytest.raises(ValueError, match="Karras"): make_scalings(["EDM", "Karras"])
     with pytest.raises(ValueError, match="SNR"): make_weighting("SNR")
     with pytest.raises(ValueError, match="Karras"): ScalingExplorer(scalings=("Karras",))
     with pytest.raises(ValueError, match="SNR"): ScalingExplorer(weighting="SNR")
+    with pytest.raises(ValueError, match="x_axis='log'"): ScalingExplorer(x_axis="log")
 
 
 def test_readout_table_escapes_and_formats():
@@ -173,9 +184,14 @@ def test_scaling_explorer_marker_on_curve(scaling_explorer):
 def test_scaling_explorer_values_at_half(scaling_explorer):
     ex = scaling_explorer
     ex.sigma_data_slider.value = 0.5; ex.weighting_dropdown.value = "EDM"; ex.sigma_slider.value = 0.5
-    np.testing.assert_allclose(ex.marker("c_skip").y, [0.5, 1.0, 0.8, 0.8, 1.0], rtol=1e-12)
-    np.testing.assert_allclose(ex.marker("|c_out|").y, [0.353553, 0.5, 0.447214, 0.447214, 0.25], rtol=1e-5)
-    np.testing.assert_allclose(ex.marker("c_in").y, [1.414214, 0.894427, 0.894427, 0.894427, 1.0], rtol=1e-5)
+    assert ex.names == tuple(SCALINGS)   # all eight by default
+    at = lambda panel: dict(zip(ex.names, ex.marker(panel).y))
+    cb = 0.25 / (0.498**2 + 0.25)        # consistency boundary: σ_d²/((σ − σ_min)² + σ_d²), σ_min = 0.002
+    np.testing.assert_allclose([at("c_skip")[n] for n in SCALINGS], [0.5, 1.0, 0.8, 0.8, 1.0, 1 / 1.5, 0.5, cb], rtol=1e-12)
+    np.testing.assert_allclose([at("|c_out|")[n] for n in SCALINGS],
+                               [0.353553, 0.5, 0.447214, 0.447214, 0.25, 1 / 3, 0.353553, 0.498 * 0.5 / math.sqrt(0.5)], rtol=1e-5)
+    np.testing.assert_allclose([at("c_in")[n] for n in SCALINGS], [1.414214, 0.894427, 0.894427, 0.894427, 1.0, 1 / 1.5, 1.414214, 1.414214], rtol=1e-5)
+    assert at("c_noise")["RectifiedFlow"] == pytest.approx(1000 / 3) and at("c_noise")["ConsistencyBoundary"] == pytest.approx(250 * math.log(0.5))
     assert ex.marker("w·c_out²").y[0] == pytest.approx(1.0)
     assert ">0.3536</td>" in ex.readout.value and ">-0.1733</td>" in ex.readout.value
 
@@ -188,8 +204,9 @@ def test_scaling_explorer_sigma_data_changes_edm_only(scaling_explorer):
     np.testing.assert_allclose(ex.curve("c_skip", "EDM").y, EDMScaling(1.0).c_skip(ex.sigmas).numpy(), rtol=1e-12)
     np.testing.assert_allclose(ex.curve("c_in", "EDM").y, ex.curve("c_in", "V").y, rtol=1e-12)  # EDM(1) = V but c_noise
     np.testing.assert_allclose(ex.curve("w·c_out²", "EDM").y, 1.0, rtol=1e-9)          # weighting follows σ_data (huggingface/diffusers PR #9563)
-    for n in ex.names[1:]: np.testing.assert_array_equal(ex.curve("c_skip", n).y, before[n])
-    assert not np.allclose(ex.curve("c_skip", "EDM").y, before["EDM"])
+    for n in ex.names:   # the scalings that take σ_data follow it; the others stay
+        assert np.array_equal(ex.curve("c_skip", n).y, before[n]) != takes_sigma_data(SCALINGS[n]), n
+    np.testing.assert_allclose(ex.curve("c_skip", "TrigFlow").y, ex.curve("c_skip", "EDM").y, rtol=1e-12)   # TrigFlow's = EDM's
     _markers_match(ex, ex.sigma_slider.value)
     assert "σ_data = 1" in ex.readout.value and "EDMWeighting(sigma_data=1.0)" in ex.readout.value
     ex.sigma_data_slider.value = 0.5
@@ -213,6 +230,26 @@ def test_scaling_explorer_subset_and_display(digits):
     _markers_match(ex, 0.1)
     assert "application/vnd.jupyter.widget-view+json" in ex._repr_mimebundle_()
     assert repr(ex) == "ScalingExplorer(scalings=('Score', 'EDM'), weighting='V', sigma=0.1, sigma_data=0.5)"
+
+
+def test_scaling_explorer_log_sigma_over_sigma_data_axis(digits):
+    "On x = ln(σ/σ_data) the σ_data-built scalings coincide whatever σ_data: c_skip = 1/(1 + e^{2x}) for EDM, TrigFlow and V (σ_data 1)."
+    ex = ScalingExplorer(x0=digits, n_points=60, sigma=0.3, sigma_data=0.3, x_axis="log_sigma_over_sigma_data")
+    for n in ("EDM", "TrigFlow", "V"):
+        x = np.array(ex.curve("c_skip", n).x)
+        np.testing.assert_allclose(ex.curve("c_skip", n).y, 1 / (1 + np.exp(2 * x)), rtol=1e-12)
+    np.testing.assert_allclose(ex.curve("c_in", "EDM").x, np.log(ex.sigmas.numpy() / 0.3), rtol=1e-12)
+    np.testing.assert_allclose(ex.curve("c_in", "Eps").x, np.log(ex.sigmas.numpy()), rtol=1e-12)
+    m = dict(zip(ex.names, ex.marker("c_skip").x))
+    assert m["EDM"] == pytest.approx(0.0, abs=1e-12) and m["V"] == pytest.approx(math.log(0.3))
+    assert ex.fig.layout.xaxis.type == "linear" and ex.fig.layout.xaxis4.title.text == "ln(σ/σ_data)"
+    ex.sigma_data_slider.value = 1.0        # the σ_data-built curves shift on the axis
+    np.testing.assert_allclose(ex.curve("c_in", "EDM").x, np.log(ex.sigmas.numpy()), rtol=1e-12)
+    ex.x_axis_dropdown.value = "sigma"      # back to σ on a log axis
+    assert ex.fig.layout.xaxis.type == "log" and list(ex.marker("c_skip").x) == [0.3] * 8
+    np.testing.assert_allclose(ex.curve("c_in", "EDM").x, ex.sigmas.numpy(), rtol=1e-12)
+    _markers_match(ex, 0.3)
+    assert repr(ScalingExplorer(scalings=("V",), x0=digits, n_points=5, x_axis="log_sigma_over_sigma_data")).endswith("x_axis='log_sigma_over_sigma_data')")
 
 
 def test_updates_send_one_message_with_every_value(digits, monkeypatch):
@@ -321,3 +358,82 @@ def test_noising_explorer_other_datamodule():
     ex = NoisingExplorer(ArrayDataModule(imgs, val_fraction=0.25), sigma=1e-3)
     assert ex.images.shape == (20, 1, 4, 4) and ex.n_train == 15 and ex.index_slider.value == 15
     np.testing.assert_allclose(ex.fig.data[0].z, ex.images[15, 0].double().numpy())
+
+
+# ---------------------------------------------------------------- DesignSpaceExplorer
+@pytest.fixture(scope="module")
+def design_explorer(digits): return DesignSpaceExplorer(("EDM", "SD3 (logit-normal, shift 3)", "Min-SNR"), x0=digits, n_points=120)
+
+
+def _design_markers_match(ex, sigma):
+    "Every shown recipe's markers sit at (x_of σ, recipe_values at σ); hidden ones are empty; the readout prints the same numbers."
+    want = recipe_values([ex.recipes[n] for n in ex.selected], sigma, ex.x0, ex.seed, ex.norms)
+    for n in ex.recipes:
+        for p in DESIGN_PANELS:
+            m = ex.marker(p, n)
+            if n in ex.selected:
+                assert m.visible is True and m.x[0] == pytest.approx(float(recipe_x(ex.recipes[n], [sigma], ex.x_axis_dropdown.value)[0]), abs=1e-12)
+                assert m.y[0] == want[n][p]
+                assert f">{want[n][p]:.4g}</td>" in ex.readout.value
+            else: assert m.visible is False and tuple(m.x) == ()
+    assert f"σ = {sigma:.4g}" in ex.readout.value
+
+
+@pytest.mark.parametrize("sigma", [1e-4, 0.01, 0.5, 3.0, 1e4])
+def test_design_space_explorer_sigma_moves_markers_and_readout(design_explorer, sigma):
+    design_explorer.sigma_slider.value = sigma
+    _design_markers_match(design_explorer, sigma)
+
+
+def test_design_space_explorer_curves_are_recipe_curves(design_explorer, digits):
+    ex = design_explorer
+    for n in ("EDM", "Min-SNR", "cosine (v-diffusion)"):   # shown or not, the stored curves are recipe_curves on the grid
+        want = recipe_curves(RECIPES[n], ex.sigmas, digits, 0)
+        for p in DESIGN_PANELS: np.testing.assert_allclose(ex.curve(p, n).y, want[p].numpy(), rtol=1e-12, err_msg=f"{n} {p}")
+    i = 77
+    ex.sigma_slider.value = float(ex.sigmas[i])                 # a grid σ: each marker on its curve
+    for n in ex.selected:
+        for p in DESIGN_PANELS: assert ex.marker(p, n).y[0] == pytest.approx(ex.curve(p, n).y[i], rel=1e-9, abs=1e-300)
+
+
+def test_design_space_explorer_select_and_axis(digits):
+    ex = DesignSpaceExplorer(("EDM",), x0=digits, n_points=40, sigma=2.0)
+    assert ex.selected == ("EDM",) and [ex.curve("p", n).visible for n in ("EDM", "iCT/ECT")] == [True, False]
+    np.testing.assert_allclose(ex.curve("p", "EDM").x, np.log(ex.sigmas.numpy() / 0.5), rtol=1e-12)
+    ex.recipe_select.value = ("iCT/ECT", "cosine (v-diffusion)")
+    assert ex.selected == ("iCT/ECT", "cosine (v-diffusion)") and ex.curve("p", "EDM").visible is False
+    _design_markers_match(ex, 2.0)
+    ex.x_axis_dropdown.value = "log_sigma"
+    np.testing.assert_allclose(ex.curve("var F*", "iCT/ECT").x, np.log(ex.sigmas.numpy()), rtol=1e-12)
+    assert ex.fig.layout.xaxis4.title.text == "ln σ"
+    _design_markers_match(ex, 2.0)
+    ex.recipe_select.value = ()
+    assert "no recipe selected" in ex.readout.value and not any(t.visible for t in ex.fig.data)
+    assert repr(ex) == "DesignSpaceExplorer(recipes=(), sigma=2.0, x_axis='log_sigma')"
+    assert "application/vnd.jupyter.widget-view+json" in ex._repr_mimebundle_()
+
+
+def test_design_space_explorer_user_config_and_errors(digits):
+    mine = Recipe("mine", VScaling(), VWeighting(), EDMSampling(0.0, 1.0), 1.0)
+    ex = DesignSpaceExplorer(("EDM",), config=mine, x0=digits, n_points=30, sigma=1.0)
+    assert list(ex.recipes)[-1] == "mine" and ex.selected == ("EDM", "mine")
+    assert ex.marker("p", "mine").y[0] == pytest.approx(1 / math.sqrt(2 * math.pi), rel=1e-12)   # ln 1 = the mean
+    assert ex.marker("λ·c_out²", "mine").y[0] == pytest.approx(1.0)                              # a matched pair
+    cfg = DesignSpaceExplorer(config="digits", x0=digits, n_points=30)
+    assert cfg.selected[-1] == "digits" and cfg.recipes["digits"].sigma_data == pytest.approx(0.7521, abs=5e-5)
+    with pytest.raises(ValueError, match="recipe='DDPM'"): DesignSpaceExplorer(("EDM", "DDPM"), x0=digits)
+    with pytest.raises(ValueError, match="x_axis='sigma'"): DesignSpaceExplorer(x_axis="sigma", x0=digits)
+
+
+def test_design_space_sigma_move_sends_one_restyle(digits, monkeypatch):
+    from plotly.basedatatypes import Undefined
+    ex = DesignSpaceExplorer(x0=digits, n_points=30)
+    sent = []
+    for name in ("_send_restyle_msg", "_send_update_msg", "_send_relayout_msg"):
+        monkeypatch.setattr(ex.fig, name, lambda *a, _n=name, **k: sent.append((_n, a, k)))
+    ex.sigma_slider.value = 0.3
+    assert [m[0] for m in sent] == ["_send_restyle_msg"]
+    data, = sent[0][1]
+    n_markers = len(DESIGN_PANELS) * len(ex.recipes)
+    assert set(data) in ({"x", "y"}, {"x", "y", "visible"})   # plotly drops a property no trace changed (visible here)
+    assert all(len(v) == n_markers and all(e is not Undefined for e in v) for v in data.values())

@@ -46,3 +46,19 @@ def test_weighting_infinite_where_the_sigma_sampler_draws_is_refused_before_trai
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "infinite at sigma=0.0" in err and "CosineSampling" in err
     assert not run.exists()
+
+
+@pytest.mark.parametrize("name", ["digits", "digits_flow", "digits_minsnr", "digits_edm2", "mnist_toy_sgm"])
+def test_shipped_digits_configs_do_not_warn_about_sigma_data(name):
+    "Every component's σ_data (VScaling's implicit 1 included) is within 25 % of the digits' measured std."
+    import warnings
+    from diffexplore.cli import build_data, measure_sigma_data, check_sigma_data, SigmaDataWarning
+    cfg = load_config(name, TINY if name != "mnist_toy_sgm" else [])
+    dm = build_data(cfg)
+    data_sigma = measure_sigma_data(cfg, dm)["value"]
+    engine = build_engine(cfg, dm)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SigmaDataWarning)
+        comps = check_sigma_data(engine, data_sigma)
+    assert all(abs(v / data_sigma - 1) <= 0.25 for v in comps.values()), comps
+    assert abs(data_sigma - 0.7521) < 1e-3
