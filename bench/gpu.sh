@@ -25,11 +25,13 @@
 #                 of its checkpoint (eager bf16); ARGS go to `diffexplore train` (e.g. --no-fast compile)
 #   live          bench/live_view_gpu.py: nbs/18_live_gpu.ipynb executed headless (--blocks 20 --view-kw '{...}')
 #   refit         bench/refit_cudagraphs.py: two fits of one engine on different threads (--variants bg-main,...)
+#   floor         bench/loss_floor_time.py on the GPU: the exact loss floor of Fashion-MNIST's 60,000 training images
+#                 for the main job's σ buckets (ARGS go to it, e.g. --subset 20000)
 # Two tasks on two GPUs at once: one call of
 #   CUDA_VISIBLE_DEVICES=0 bash bench/gpu.sh fashion $OUT/gpu0 & CUDA_VISIBLE_DEVICES=1 bash bench/gpu.sh live $OUT/gpu1; wait
 # Exits 2 for an unknown task (listing them), else with the last task's exit status.
 set -uo pipefail
-TASKS="cifar10 latent sampling accumulation syncs throughput ddp fashion live refit"
+TASKS="cifar10 latent sampling accumulation syncs throughput ddp fashion live refit floor"
 usage() { echo "usage: bash bench/gpu.sh TASK[,TASK...] OUT [ARGS...]; tasks: $TASKS" >&2; exit 2; }
 [ $# -ge 2 ] || usage
 tasks=${1//,/ }; out=$2; shift 2
@@ -77,6 +79,7 @@ task_accumulation() { py bench/grad_accumulation.py --out "$out/accumulation" "$
 task_syncs() { py bench/host_syncs.py --out "$out/syncs" "$@"; }
 task_live() { py bench/live_view_gpu.py --out "$out/live" "$@"; }
 task_refit() { py bench/refit_cudagraphs.py --out "$out/refit" "$@"; }
+task_floor() { py bench/loss_floor_time.py --data fashion_mnist --device cuda "$@"; }
 
 ddp() {   # one bench/ddp_scaling.py run; `timeout` leads its own process group, ended afterwards (ranks left behind)
   local t; t=$(left 10); if [ "$t" -lt 60 ]; then stamp "skip ddp $*: ${t}s left"; return; fi

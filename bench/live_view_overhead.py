@@ -13,6 +13,17 @@ Prints markdown rows; `--append FILE` adds them to FILE under the heading "Live 
 the table header, if missing). Target: ≤ 2 % on this CPU machine.
 
     python bench/live_view_overhead.py [--models toy,unet] [--steps 300] [--warmup 40] [--repeats 8] [--append BENCHMARKS.md]
+
+`--panel full` makes the runs log every per-σ-bucket metric the view draws: the engine trains with EDM2's
+`LearnedWeightingLoss` (it logs `logvar_sigma/*` and `weighted_error_sigma/*`) and a stand-in callback logs
+`floor_sigma/*` and `excess_ema_sigma/*` every step and `eval_loss_sigma/*` every 50 steps (constants: what
+they cost the view does not depend on their values), in the runs with and without the view alike.
+
+`--grid-cost` measures instead what a sample grid costs on this machine for the main job (`configs/digits.yaml`:
+16 digits, Heun 18 steps with CFG 2 = 35 evaluations of a doubled batch) against its training step, and how often
+`LiveTrainingView`'s defaults then draw one; rows go under "Live view: sample grids on the CPU".
+
+    python bench/live_view_overhead.py --grid-cost [--threads 2] [--append BENCHMARKS.md]
 """
 import argparse, datetime, json, shlex, statistics, sys, time
 from pathlib import Path
@@ -49,7 +60,7 @@ def make_engine(model: str, **engine_kw):
     from diffexplore.weightings import EDMWeighting
     from diffexplore.sigma_sampling import EDMSampling
     from diffexplore.denoiser import Denoiser
-    from diffexplore.loss import StandardDiffusionLoss
+    from diffexplore.loss import StandardDiffusionLoss, LearnedWeightingLoss
 
     class TinyNet(nn.Module):
         def __init__(self, width=64):
@@ -77,14 +88,28 @@ def make_engine(model: str, **engine_kw):
         x = torch.nn.functional.interpolate(torch.tensor(load_digits().images, dtype=torch.float32)[:, None] / 8 - 1, size=16)
         net, batch_size = SmallUNet(), 16
     else: raise ValueError(f"model must be 'toy' or 'unet'; got model={model!r}")
-    engine = DiffusionEngine(net, Denoiser(EDMScaling(0.5)), StandardDiffusionLoss(EDMSampling(), EDMWeighting(0.5)),
-                             lr=1e-3, warmup_steps=10, ema_decay_rate=0.999, **engine_kw)
+    panel = engine_kw.pop("panel", "loss") if engine_kw else "loss"
+    loss = (LearnedWeightingLoss if panel == "full" else StandardDiffusionLoss)(EDMSampling(), EDMWeighting(0.5))
+    engine = DiffusionEngine(net, Denoiser(EDMScaling(0.5)), loss, lr=1e-3, warmup_steps=10, ema_decay_rate=0.999, **(engine_kw or {}))
     loader = torch.utils.data.DataLoader([{"jpg": xi} for xi in x], batch_size=batch_size, shuffle=True, drop_last=True)
     return engine, loader
 
 
+def stand_in_metrics():
+    "A callback that logs the per-bucket floor, excess (every step) and eval loss (every 50 steps) the view draws."
+    import lightning.pytorch as pl
+    from diffexplore.engine import sigma_bucket_names
+    class StandIn(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            for i, b in enumerate(sigma_bucket_names(pl_module.sigma_bucket_edges)):
+                pl_module.log(f"floor_sigma/{b}", 0.01 * (i + 1), on_step=True, on_epoch=False)
+                pl_module.log(f"excess_ema_sigma/{b}", 0.1, on_step=True, on_epoch=False)
+                if trainer.global_step % 50 == 0: pl_module.log(f"eval_loss_sigma/{b}", 0.2, on_step=True, on_epoch=False)
+    return StandIn()
+
+
 def run(model: str, with_view: bool, steps: int, warmup: int, seed: int = 0, accelerator: str = "cpu",
-        precision: str = "32-true", count_syncs: bool = False, engine_kw: dict = None) -> dict:
+        precision: str = "32-true", count_syncs: bool = False, engine_kw: dict = None, panel: str = "loss") -> dict:
     """One fit of `warmup + steps` steps; mean seconds per step after warm-up, the view's hook seconds per step, redraws.
 
     `count_syncs` (CUDA): count host-device synchronisations per timed step instead (`torch.cuda.set_sync_debug_mode`)."""
@@ -100,8 +125,8 @@ def run(model: str, with_view: bool, steps: int, warmup: int, seed: int = 0, acc
             if count_syncs and len(self.t) == warmup: torch.cuda.set_sync_debug_mode("warn")
 
     pl.seed_everything(seed, verbose=False)
-    engine, loader = make_engine(model, **(engine_kw or {}))
-    timer, callbacks, hook = StepTimer(), [], {"s": 0.0, "n": 0, "pushes0": None}
+    engine, loader = make_engine(model, **(engine_kw or {}), panel=panel)
+    timer, callbacks, hook = StepTimer(), [stand_in_metrics()] if panel == "full" else [], {"s": 0.0, "n": 0, "pushes0": None}
     if with_view:
         view = LiveTrainingView(sample_every_n_steps=None)
         def timed(inner, counts_step):
@@ -132,16 +157,17 @@ def run(model: str, with_view: bool, steps: int, warmup: int, seed: int = 0, acc
     out = {"s_per_step": (w1 - w0) / steps, "cpu_s_per_step": (c1 - c0) / steps}
     if with_view:
         assert len(view.steps) == warmup + steps and view.errors == 0, (len(view.steps), view.errors, view.last_error)
-        out.update(hook_s_per_step=hook["s"] / max(hook["n"], 1), redraws=view.pushes - 1 - (hook["pushes0"] or 0))
+        out.update(hook_s_per_step=hook["s"] / max(hook["n"], 1), redraws=view.pushes - 1 - (hook["pushes0"] or 0),
+                   traces=sum(t.type == "scatter" for t in view.fig.data))
     return out
 
 
 def measure(models, steps: int, warmup: int, repeats: int, threads: int, accelerator: str = "cpu", precision: str = "32-true",
-            engine_kw: dict = None) -> list:
+            engine_kw: dict = None, panel: str = "loss") -> list:
     "Interleaved runs (off, on, on, off, ...) per model; one result dict per model (on CUDA also host syncs per step)."
     import torch
     torch.set_num_threads(threads)
-    kw = dict(accelerator=accelerator, precision=precision, engine_kw=engine_kw)
+    kw = dict(accelerator=accelerator, precision=precision, engine_kw=engine_kw, panel=panel)
     results = []
     for model in models:
         run(model, False, 5, 5, **kw)  # import and first-call costs outside the measurement
@@ -149,7 +175,7 @@ def measure(models, steps: int, warmup: int, repeats: int, threads: int, acceler
         for r in range(repeats):
             order = (False, True) if r % 2 == 0 else (True, False)
             for v in order: (on if v else off).append(run(model, v, steps, warmup, seed=r, **kw))
-        results.append({"model": model, "off": off, "on": on})
+        results.append({"model": model if panel == "loss" else f"{model}, all bucket metrics ({on[0]['traces']} curves)", "off": off, "on": on})
         if accelerator == "gpu":
             results[-1]["syncs"] = {v: run(model, v == "on", 50, warmup, **kw, count_syncs=True) for v in ("off", "on")}
             print(f"{model} host syncs per step: {json.dumps(results[-1]['syncs'], indent=1)}", file=sys.stderr)
@@ -183,7 +209,7 @@ def measure_in_kernel(argv: list) -> list:
         code = (f"import sys, json, importlib.util; sys.path.insert(0, {str(ROOT)!r})\n"
                 f"spec = importlib.util.spec_from_file_location('live_view_overhead', {__file__!r})\n"
                 f"b = importlib.util.module_from_spec(spec); spec.loader.exec_module(b); a = b.parse({argv!r})\n"
-                f"print('RESULTS' + json.dumps(b.measure(a.models.split(','), a.steps, a.warmup, a.repeats, a.threads, a.accelerator, a.precision, json.loads(a.engine_kw))))")
+                f"print('RESULTS' + json.dumps(b.measure(a.models.split(','), a.steps, a.warmup, a.repeats, a.threads, a.accelerator, a.precision, json.loads(a.engine_kw), a.panel)))")
         chunks = []
         def hook(msg):
             if msg["msg_type"] == "stream": chunks.append(msg["content"]["text"])
@@ -199,6 +225,47 @@ def measure_in_kernel(argv: list) -> list:
 
 
 
+GRID_HEADING = "## Live view: sample grids on the CPU"
+GRID_HEADER = ("| date | machine | command | torch threads | grid s (first / median of the rest) | step s (median) | grid every 200 steps: "
+               "seconds apart / share of the time | 5 % budget: grids at least … apart | load (1 min) |\n|---|---|---|---|---|---|---|---|---|")
+GRID_INTRO = ("What one sample grid of `LiveTrainingView` costs for the main job (`configs/digits.yaml`: 16 digits, Heun 18 steps\n"
+              "with CFG 2, EMA weights) against a training step of the same run (batch 128), after 12 steps; grids 2–6 are\n"
+              "timed. The view's defaults (a grid due every 200 steps, drawn while grids take ≤ 5 % of the time) follow from\n"
+              "these numbers. `grid every 200 steps` is 200 steps plus the grid; the budget column is grid / 0.05.\n\n"
+              "    python bench/live_view_overhead.py --grid-cost --threads 2 --append BENCHMARKS.md\n")
+
+
+def grid_cost(threads: int, reps: int = 6, steps: int = 12) -> dict:
+    "Seconds of the digits main job's sample grid (first, then the median of `reps − 1`) and of its training step."
+    import os, statistics, torch, lightning.pytorch as pl
+    from diffexplore.cli import load_config, build_engine, build_data, quiet_libraries
+    torch.set_num_threads(threads)
+    cfg = load_config(ROOT / "configs" / "digits.yaml", ["trainer.enable_progress_bar=false"])
+    pl.seed_everything(0, verbose=False)
+    dm, engine = build_data(cfg), build_engine(cfg)
+    class StepTimer(pl.Callback):
+        def __init__(self): self.t = []
+        def on_train_batch_end(self, *args): self.t.append(time.perf_counter())
+    timer = StepTimer()
+    with quiet_libraries():
+        pl.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                   enable_model_summary=False, callbacks=[timer]).fit(engine, datamodule=dm)
+    labels = torch.arange(16) % 10
+    grid = []
+    for _ in range(reps):
+        t = time.perf_counter(); engine.generate(16, class_labels=labels, seed=0); grid.append(time.perf_counter() - t)
+    step = statistics.median(b - a for a, b in zip(timer.t[2:], timer.t[3:]))
+    return dict(grid_first_s=grid[0], grid_s=statistics.median(grid[1:]), step_s=step, threads=threads, load=os.getloadavg()[0],
+                sampler=repr(engine.sampler)[:80])
+
+
+def grid_row(r: dict, command: str) -> str:
+    date = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    apart = 200 * r["step_s"] + r["grid_s"]
+    return (f"| {date} | {machine()} | `{command}` | {r['threads']} | {r['grid_first_s']:.2f} / {r['grid_s']:.2f} | {r['step_s']:.3f} | "
+            f"{apart:.0f} s / {100 * r['grid_s'] / apart:.1f} % | {r['grid_s'] / 0.05:.0f} s | {r['load']:.1f} |")
+
+
 def parse(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default="toy,unet", help="comma-separated: toy, unet")
@@ -209,6 +276,8 @@ def parse(argv):
     ap.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu"], help="gpu: one CUDA device (also counts host syncs)")
     ap.add_argument("--precision", default="32-true", help="Trainer precision, e.g. bf16-mixed on a GPU")
     ap.add_argument("--engine-kw", default="{}", help='JSON keyword arguments for DiffusionEngine, e.g. \'{"compile_step": false}\'')
+    ap.add_argument("--panel", default="loss", choices=["loss", "full"], help="full: also log floor, excess, eval loss and EDM2's u per σ bucket")
+    ap.add_argument("--grid-cost", action="store_true", help="measure a sample grid of the digits main job against its step instead")
     ap.add_argument("--in-kernel", action="store_true", help="measure inside an IPython kernel (comm messages sent)")
     ap.add_argument("--append", metavar="FILE", help="add the rows to FILE under 'Live view overhead'")
     ap.add_argument("--out", metavar="DIR", help="also write the raw results as DIR/live_view_overhead.json")
@@ -218,11 +287,17 @@ def parse(argv):
 if __name__ == "__main__":
     args = parse(sys.argv[1:])
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    if args.grid_cost:
+        r = grid_cost(args.threads)
+        row = grid_row(r, command)
+        print(GRID_HEADER); print(row)
+        if args.append: append_rows(args.append, GRID_HEADING, GRID_INTRO, GRID_HEADER, [row])
+        sys.exit(0)
     if args.in_kernel:
         results = measure_in_kernel([a for a in sys.argv[1:] if a != "--in-kernel"])
     else:
         results = measure(args.models.split(","), args.steps, args.warmup, args.repeats, args.threads, args.accelerator,
-                          args.precision, json.loads(args.engine_kw))
+                          args.precision, json.loads(args.engine_kw), args.panel)
     where = ("IPython kernel" if args.in_kernel else "plain process") + ("" if args.accelerator == "cpu" else f", {gpu_name()} {args.precision}") \
         + ("" if args.engine_kw.strip() in ("", "{}") else f", engine {args.engine_kw}")
     rs = rows(results, args.steps, args.repeats, where, command)

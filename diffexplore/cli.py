@@ -114,7 +114,7 @@ SECTION_KEYS = {"": ("seed", "model", "data", "trainer", "lightning"), "model": 
                 "data": ("target", "params")}
 "The keys a config may hold at its top level and in its `model` and `data` sections."
 LIGHTNING_KEYS = {"checkpoint_every_n_steps": 500, "sample_every_n_steps": 1000, "samples_per_class": 8, "judge_samples": 0,
-                  "sigma_data_batches": 100}
+                  "sigma_data_batches": 100, "floor_every_n_steps": 200}
 "diffexplore's own `lightning:` keys and their defaults."
 SGM_LIGHTNING_KEYS = ("trainer", "callbacks", "modelcheckpoint", "strategy")
 "sgm's `lightning:` keys (`main.py`) that `diffexplore train` honours."
@@ -442,8 +442,9 @@ def _loggers(run_dir: Path, resume_step: int = 0):
     return loggers
 
 def run_callbacks(cfg, run_dir: Path, num_classes=None, engine=None) -> list:
-    """The run's callbacks: checkpoints (`_checkpoint`, `InterruptCheckpoint`, `FinalCheckpoint`), sgm's callbacks, and
-    diffexplore's sample grids unless an image logger replaces them. Raises `ConfigError` naming a bad key."""
+    """The run's callbacks: checkpoints (`_checkpoint`, `InterruptCheckpoint`, `FinalCheckpoint`), sgm's callbacks,
+    diffexplore's sample grids unless an image logger replaces them, and the excess loss over the floor (`_excess_loss_callback`).
+    Raises `ConfigError` naming a bad key."""
     from diffexplore.engine import InterruptCheckpoint, FinalCheckpoint, SampleGridCallback, ImageLogger
     l, ckpt_dir = _lightning(cfg), run_dir / "checkpoints"
     ckpt, sgm = _checkpoint(cfg, ckpt_dir), sgm_callbacks(cfg, ckpt_dir, engine)
@@ -452,7 +453,28 @@ def run_callbacks(cfg, run_dir: Path, num_classes=None, engine=None) -> list:
     if "sample_every_n_steps" in l or not any(isinstance(c, ImageLogger) for c in sgm):
         out.append(SampleGridCallback(run_dir / "samples", every_n_steps=int(l.get("sample_every_n_steps", LIGHTNING_KEYS["sample_every_n_steps"])),
                                       per_class=int(l.get("samples_per_class", LIGHTNING_KEYS["samples_per_class"])), num_classes=num_classes))
-    return out
+    excess = _excess_loss_callback(cfg, run_dir, engine)
+    return out + ([excess] if excess is not None else [])
+
+# %% ../nbs/14_cli.ipynb #72466c06
+def _floor_every_n_steps(cfg) -> int:
+    k = _lightning(cfg).get("floor_every_n_steps", LIGHTNING_KEYS["floor_every_n_steps"])
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise ConfigError(f"lightning.floor_every_n_steps must be an int >= 0; got lightning.floor_every_n_steps={k!r}")
+    return k
+
+def _excess_loss_off(cfg, engine=None) -> str | None:
+    "Why the run logs no excess loss (one line), or None when it does."
+    from diffexplore.engine import excess_loss_unsupported
+    if _floor_every_n_steps(cfg) == 0: return "lightning.floor_every_n_steps=0"
+    return None if engine is None else excess_loss_unsupported(engine)
+
+def _excess_loss_callback(cfg, run_dir: Path, engine=None):
+    """`engine.ExcessLoss` every `lightning.floor_every_n_steps` steps (default 200), its floor cached in `RUN/floor.json`;
+    None when that is 0 or the floor does not bound the engine's loss (`_excess_loss_off`). Raises `ConfigError` for a bad value."""
+    from diffexplore.engine import ExcessLoss
+    if _excess_loss_off(cfg, engine): return None
+    return ExcessLoss(every_n_steps=_floor_every_n_steps(cfg), path=Path(run_dir) / "floor.json")
 
 # %% ../nbs/14_cli.ipynb #e92ec4fe
 def make_trainer(cfg: DictConfig, run_dir: Path, num_classes=None, extra_callbacks=(), engine=None, fast_off=(),
@@ -545,7 +567,7 @@ def train(cfg: DictConfig, # a loaded config (see `load_config`)
           judge: bool = True, # judge samples with a classifier trained on the real data when the data has classes
           fast_off=(), # fast GPU settings to turn off: names from `engine.FAST_SWITCHES`, or "all"
           scale_lr: bool = False, # sgm's --scale_lr: scale model.base_learning_rate (see `learning_rate`)
-         ) -> dict: # summary: steps, final loss, learning rate, EMA decay, paths, judge results
+         ) -> dict: # summary: steps, final loss, learning rate, EMA decay, paths, excess loss over the floor, judge results
     """Train the run `cfg` describes into `run_dir`, its `sigma_data: auto` resolved first (`_sigma_data_for_run`).
     Raises `ConfigError` before training for config problems (and then writes nothing), `NonFiniteLossError`
     (after saving nothing new) when the loss becomes NaN/inf."""
@@ -570,6 +592,8 @@ def train(cfg: DictConfig, # a loaded config (see `load_config`)
     loss = trainer.callback_metrics.get("train/loss")
     summary = {"global_step": trainer.global_step, "train_seconds": round(time.time() - t0, 1), "final_loss": None if loss is None else float(loss),
                **lr, **ema_summary(engine.model_ema if engine.use_ema else None), "checkpoint": str(run_dir / "checkpoints" / "last.ckpt"), "run_dir": str(run_dir), **sigma_data}
+    excess = next((c for c in trainer.callbacks if type(c).__name__ == "ExcessLoss"), None)
+    summary["excess_loss"] = excess.summary() if excess is not None else {"off": _excess_loss_off(cfg, engine)}
     plot_losses(run_dir)
     n_judge = int(_lightning(cfg).get("judge_samples", LIGHTNING_KEYS["judge_samples"]))
     if judge and n_judge > 0 and getattr(dm, "num_classes", None): summary["judge"] = judge_run(engine, dm, n_judge, run_dir, progress=True)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_engine.ipynb #1e78fde5
 from __future__ import annotations
-import csv, inspect, math, random, threading
+import csv, inspect, json, math, random, threading, time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 import numpy as np
@@ -16,13 +16,16 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from fastcore.basics import patch
+from .floor import bucket_floor, _bucket_sigmas
+from .loss import add_noise
 from .core import Repr, unchecked, _call_overridden, get_obj_from_str, OPENAIUNETWRAPPER
 
 # %% auto #0
 __all__ = ['DEFAULT_SIGMA_EDGES', 'FAST_SWITCHES', 'ema_decay', 'LitEma', 'sigma_bucket_names', 'loss_per_sigma_bucket',
            'CompiledStep', 'wrap_network', 'DiffusionEngine', 'NonFiniteLossError', 'conditioner_classes',
            'LossProgressBar', 'fast_gpu_settings', 'class_balanced_labels', 'SampleGridCallback', 'FinalCheckpoint',
-           'InterruptCheckpoint', 'KeepingCSVLogger', 'ImageLogger']
+           'InterruptCheckpoint', 'KeepingCSVLogger', 'ImageLogger', 'excess_loss_unsupported', 'class_dropout',
+           'weighted_errors', 'ExcessLoss']
 
 # %% ../nbs/11_engine.ipynb #bdc536b8
 def ema_decay(decay: float, # the configured maximum decay d in [0, 1)
@@ -713,3 +716,197 @@ def on_train_batch_end(self: ImageLogger, trainer, pl_module, outputs, batch, ba
 @patch
 def on_train_batch_start(self: ImageLogger, trainer, pl_module, batch, batch_idx):
     if self.log_before_first_step and trainer.global_step == 0 and trainer.is_global_zero: self._log(trainer, pl_module, batch, batch_idx)
+
+# %% ../nbs/11_engine.ipynb #177a97d0
+def excess_loss_unsupported(engine) -> str | None:
+    """Why the exact floor does not bound `engine`'s training loss (one line), or None when it does. It does for a loss with
+    `sigma_sampler` and `loss_weighting` (sgm's `StandardDiffusionLoss`, EDM2's `LearnedWeightingLoss`), squared error
+    (`loss_type="l2"`), no offset noise (the floor assumes x_t = x_0 + σ·ε with ε ~ N(0, I)), and no conditioner or one
+    whose embedders all read the class label (`input_key="cls"`; the floor conditions on nothing else)."""
+    lf, cond = engine.loss_fn, engine.conditioner
+    if not (hasattr(lf, "sigma_sampler") and hasattr(lf, "loss_weighting")): return f"{type(lf).__name__} has no sigma_sampler and loss_weighting"
+    if getattr(lf, "loss_type", "l2") != "l2": return f"loss_type={lf.loss_type!r}: the floor is that of the squared error (l2)"
+    if getattr(lf, "offset_noise_level", 0.0) > 0: return f"offset_noise_level={lf.offset_noise_level}: the floor assumes i.i.d. Gaussian noise"
+    if cond is None: return None
+    other = [f"{type(e).__name__}(input_key={getattr(e, 'input_key', None)!r})" for e in getattr(cond, "embedders", None) or [] if getattr(e, "input_key", None) != "cls"]
+    if other: return f"the conditioner also reads {', '.join(other)}: the floor conditions on the class label only"
+    if conditioner_classes(cond) is None: return f"the conditioner {type(cond).__name__} has no class embedder the floor can read"
+    return None
+
+def class_dropout(engine) -> float:
+    "p_uncond: the `ucg_rate` of the conditioner's class embedder (0 without one): the share of training steps that see no class."
+    embs = [e for e in getattr(engine.conditioner, "embedders", None) or [] if getattr(e, "input_key", None) == "cls"]
+    return float(embs[0].ucg_rate) if embs else 0.0
+
+# %% ../nbs/11_engine.ipynb #a95941dc
+@torch.no_grad()
+def weighted_errors(engine: DiffusionEngine, x0: Tensor, # clean (latent) images [M, ...]
+                    sigma: Tensor, noise: Tensor, # σ [M] and ε shaped like x0: x_t = x0 + σ·ε
+                    labels: Tensor = None, # class labels [M] for a class-conditional engine
+                    p_uncond: float = 0.0, # weight of the unconditional branch: (1 − p)·conditional + p·unconditional
+                    batch_size: int = 128, # draws per forward; CPU convolutions pay seconds for each new, larger batch shape
+                   ) -> Tensor: # float64 [M] on the CPU
+    """Per-sample λ(σ)·mean((D(x0 + σ·ε, σ) − x0)²) of the engine's network as it is (raw or inside `ema_scope`), in eval
+    mode, conditioned without dropout: with p_uncond > 0 the same draws also go through the unconditional branch (the
+    learned null class or zeroed embedding, as `conditionings` gives it for sampling) and the two are mixed as training
+    mixes them. Images and noise go in the network's dtype (bf16 under Lightning's `bf16-true`, as its training batches do).
+    The plain weighted error also for `LearnedWeightingLoss` (its u does not enter)."""
+    was_training, out = engine.training, []
+    dtype = next((p.dtype for p in engine.model.parameters() if p.is_floating_point()), torch.float32)   # bf16 under `bf16-true`, as training's inputs
+    engine.eval()
+    try:
+        for i in range(0, len(x0), batch_size):
+            sl = slice(i, i + batch_size)
+            x, n = (t[sl].to(engine.device, dtype) for t in (x0, noise)); s = sigma[sl].to(engine.device, torch.float32)
+            c, uc = engine.conditionings({"cls": labels[sl].to(engine.device)} if labels is not None else {}, len(x))
+            err = lambda cond: ((engine.denoiser(engine.model, add_noise(x, n, s), s, cond).float() - x.float()) ** 2).flatten(1).mean(1)
+            e = err(c) if p_uncond == 0 else (1 - p_uncond) * err(c) + p_uncond * err(uc)
+            out.append((engine.loss_fn.loss_weighting(s).float() * e).double().cpu())
+    finally: engine.train(was_training)
+    return torch.cat(out)
+
+# %% ../nbs/11_engine.ipynb #9a8d4626
+class ExcessLoss(Callback):
+    """The training loss's distance from its exact floor, per σ bucket, while training.
+
+    Once per run (at the start of training) the floor of the engine's own σ sampler and weighting on the training
+    images after the first stage (`floor.bucket_floor`: the exact posterior-mean denoiser D* of that finite set,
+    class-conditional with p_uncond = the class embedder's `ucg_rate`), cached in `path` (`floor.json`) and in the
+    checkpoint's callback state under a key of what determines it, so a resumed run reuses it. A fixed evaluation
+    set (`k_per_bucket` σ per bucket from the training density in that bucket, drawn as the floor's are, with fixed x0,
+    labels and ε) is scored every `every_n_steps` steps, at the start and at the end (`weighted_errors`; raw and EMA
+    weights) and logged to every logger at the global step: `floor_sigma/<bucket>`, `eval_loss_sigma/…`,
+    `eval_loss_ema_sigma/…`, `excess_sigma/…`, `excess_ema_sigma/…` (excess = eval loss − floor) and the standard error of
+    each as `<name>_stderr_sigma/<bucket>`. `max_images` (int ≥ 1): a training set larger than this is replaced by a
+    seeded random subset of that size (floor and evaluation both on the subset; its floor is the subset's). Training
+    images: `images`/`labels` (tensors), else the datamodule's `train_images()`/`train_labels()`. Raises `ValueError`
+    for `every_n_steps` < 0 or a bad size, and at the start of training for an engine `excess_loss_unsupported` refuses
+    or data it cannot find. Source of the floor: the optimal denoiser of Karras et al. 2022, Appendix B.3, eq. 57."""
+    def __init__(self, every_n_steps: int = 200, path=None, n_per_bucket: int = 2000, k_per_bucket: int = 128,
+                 max_images: int = 5000, seed: int = 0, images: Tensor = None, labels: Tensor = None):
+        if int(every_n_steps) < 0: raise ValueError(f"every_n_steps must be >= 0; got every_n_steps={every_n_steps!r}")
+        for name, v, lo in (("n_per_bucket", n_per_bucket, 2), ("k_per_bucket", k_per_bucket, 2), ("max_images", max_images, 1)):
+            if int(v) < lo: raise ValueError(f"{name} must be >= {lo}; got {name}={v!r}")
+        self.every, self.path, self.n_per_bucket, self.k = int(every_n_steps), None if path is None else Path(path), int(n_per_bucket), int(k_per_bucket)
+        self.max_images, self.seed, self.images, self.labels = int(max_images), int(seed), images, labels
+        self.cache, self.history, self.floor_source, self.floor_seconds, self.eval_seconds = None, [], None, None, []
+        self._ev, self._last = None, None
+
+    def __repr__(self): return f"ExcessLoss(every_n_steps={self.every}, n_per_bucket={self.n_per_bucket}, k_per_bucket={self.k}, max_images={self.max_images}, seed={self.seed})"
+    def state_dict(self) -> dict: return {} if self.cache is None else {"cache": self.cache}
+    def load_state_dict(self, state: dict): self.cache = state.get("cache", self.cache)
+
+# %% ../nbs/11_engine.ipynb #c6e4e55d
+@patch
+@torch.no_grad()
+def _training_set(self: ExcessLoss, trainer, engine) -> tuple[Tensor, Tensor | None]:
+    "(x0 after the first stage [N, ...] float32 on the CPU, labels [N] or None), at most `max_images` of them (a seeded subset)."
+    x, y, dm = self.images, self.labels, getattr(trainer, "datamodule", None)
+    if x is None:
+        if not hasattr(dm, "train_images"): raise ValueError("ExcessLoss needs the training images: fit with a datamodule that has train_images() (diffexplore's ImageDataModule) or pass images=")
+        x, y = dm.train_images(), dm.train_labels() if hasattr(dm, "train_labels") else None
+    if y is None and conditioner_classes(engine.conditioner) is not None: raise ValueError("ExcessLoss: the engine is class-conditional but the training images come without labels; pass labels=")
+    if len(x) > self.max_images:
+        keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.seed))[:self.max_images].sort().values
+        x, y = x[keep], None if y is None else y[keep]
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if engine.device.type == "cuda" else []):
+        torch.manual_seed(self.seed)   # a first stage that samples its latents: the same latents every time
+        z = torch.cat([engine.encode_first_stage(b.to(engine.device)).float().cpu() for b in x.split(256)])
+    return z, (None if y is None or conditioner_classes(engine.conditioner) is None else torch.as_tensor(y).long())
+
+@patch
+def _key(self: ExcessLoss, engine, z: Tensor, y: Tensor | None) -> dict:
+    "What determines the floor: σ sampler, weighting, bucket edges, the data (size, shape, a checksum), classes, p_uncond, draws and seed."
+    lf = engine.loss_fn
+    return {"sigma_sampler": repr(lf.sigma_sampler), "loss_weighting": repr(lf.loss_weighting), "edges": list(engine.sigma_bucket_edges),
+            "n_images": len(z), "shape": list(z.shape[1:]), "data_sum": float(f"{float(z.double().sum()):.6g}"),
+            "conditional": y is not None, "p_uncond": class_dropout(engine) if y is not None else 0.0,
+            "n_per_bucket": self.n_per_bucket, "max_images": self.max_images, "seed": self.seed}
+
+# %% ../nbs/11_engine.ipynb #5dfe6bdb
+@patch
+def _floor(self: ExcessLoss, engine, z: Tensor, y: Tensor | None) -> dict:
+    """{bucket: {"floor", "stderr", "n", "mass"}} for the buckets with mass: from the checkpoint's callback state or `path`
+    when their key matches, else computed (`floor.bucket_floor`, on the CPU, global RNG untouched) and written to `path`."""
+    key = self._key(engine, z, y)
+    saved = json.loads(self.path.read_text()) if self.path is not None and self.path.is_file() else None
+    for source, c in (("checkpoint", self.cache), (str(self.path), saved)):
+        if c is not None and c.get("key") == key: self.cache, self.floor_source = c, source; return c["buckets"]
+    lf, t0 = engine.loss_fn, time.perf_counter()
+    with torch.random.fork_rng(devices=[]):
+        rows = bucket_floor(z, lf.sigma_sampler, engine.sigma_bucket_edges, n_per_bucket=self.n_per_bucket, weighting=lf.loss_weighting,
+                            labels=y, p_uncond=key["p_uncond"], seed=self.seed)
+    buckets = {b: {"floor": float(r["floor"]), "stderr": float(r["stderr"]), "n": int(r["n"]), "mass": float(r["mass"])}
+               for b, r in zip(sigma_bucket_names(engine.sigma_bucket_edges), rows) if math.isfinite(r["floor"])}
+    self.floor_seconds = round(time.perf_counter() - t0, 2)
+    self.cache, self.floor_source = {"key": key, "buckets": buckets, "seconds": self.floor_seconds}, "computed"
+    if self.path is not None: self.path.parent.mkdir(parents=True, exist_ok=True); self.path.write_text(json.dumps(self.cache, indent=1))
+    return buckets
+
+# %% ../nbs/11_engine.ipynb #bb76a072
+@patch
+def _eval_set(self: ExcessLoss, engine, z: Tensor, y: Tensor | None, buckets: dict) -> dict:
+    "The fixed evaluation draws: per bucket with a floor `k_per_bucket` σ from p(σ | bucket) (as `floor.bucket_floor` draws them), x0 (with its label) and ε, all from `seed`."
+    names, g = sigma_bucket_names(engine.sigma_bucket_edges), torch.Generator().manual_seed(self.seed + 1)
+    keep = [i for i, b in enumerate(names) if b in buckets]
+    sigma = _bucket_sigmas(engine.loss_fn.sigma_sampler, list(engine.sigma_bucket_edges), self.k, g)[0][keep].reshape(-1)
+    idx = torch.randint(len(z), (len(sigma),), generator=g)
+    return {"x0": z[idx], "sigma": sigma, "noise": torch.randn(z[idx].shape, generator=g), "labels": None if y is None else y[idx],
+            "bucket": [names[i] for i in keep for _ in range(self.k)], "p_uncond": class_dropout(engine) if y is not None else 0.0}
+
+# %% ../nbs/11_engine.ipynb #c9d713c6
+def _mean_stderr(v: Tensor) -> tuple[float, float]: return float(v.mean()), float(v.std() / math.sqrt(len(v)))
+
+@patch
+def evaluate(self: ExcessLoss, engine) -> dict:
+    """{bucket: {"floor", "floor_stderr", "eval_loss", "eval_loss_stderr", "excess", "excess_stderr"} and the `_ema` ones
+    (with EMA)}: the evaluation set scored now. Excess = eval loss − floor; its standard error combines both (independent draws)."""
+    ev, t0, out = self._ev, time.perf_counter(), {}
+    scores = {"": weighted_errors(engine, ev["x0"], ev["sigma"], ev["noise"], ev["labels"], ev["p_uncond"])}
+    if engine.use_ema:
+        with engine.ema_scope(): scores["_ema"] = weighted_errors(engine, ev["x0"], ev["sigma"], ev["noise"], ev["labels"], ev["p_uncond"])
+    names = np.array(ev["bucket"])
+    for b, f in self.cache["buckets"].items():
+        row = {"floor": f["floor"], "floor_stderr": f["stderr"]}
+        for tag, v in scores.items():
+            m, se = _mean_stderr(v[torch.from_numpy(names == b)])
+            row |= {f"eval_loss{tag}": m, f"eval_loss{tag}_stderr": se, f"excess{tag}": m - f["floor"], f"excess{tag}_stderr": math.hypot(se, f["stderr"])}
+        out[b] = row
+    self.eval_seconds.append(time.perf_counter() - t0)
+    return out
+
+@patch
+def _log(self: ExcessLoss, trainer, engine):
+    "Evaluate and hand `<name>_sigma/<bucket>` to every logger (at the global step) and to `trainer.callback_metrics`."
+    step = trainer.global_step
+    if self._ev is None or self._last == step: return
+    res = self.evaluate(engine); self._last = step
+    self.history.append({"step": step, "buckets": res})
+    metrics = {f"{k}_sigma/{b}": v for b, row in res.items() for k, v in row.items()}
+    for lg in trainer.loggers: lg.log_metrics(metrics, step=step)
+    trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
+
+# %% ../nbs/11_engine.ipynb #f36bdfae
+@patch
+def on_train_start(self: ExcessLoss, trainer, pl_module):
+    if not trainer.is_global_zero: return
+    why = excess_loss_unsupported(pl_module)
+    if why: raise ValueError(f"ExcessLoss: {why}")
+    z, y = self._training_set(trainer, pl_module)
+    self._ev = self._eval_set(pl_module, z, y, self._floor(pl_module, z, y))
+    self._log(trainer, pl_module)   # where the excess starts: the untrained model, or the resumed one (its metrics.csv row was dropped)
+
+@patch
+def on_train_batch_end(self: ExcessLoss, trainer, pl_module, outputs, batch, batch_idx):
+    if self.every > 0 and trainer.global_step % self.every == 0: self._log(trainer, pl_module)
+
+@patch
+def on_train_end(self: ExcessLoss, trainer, pl_module): self._log(trainer, pl_module)
+
+@patch
+def summary(self: ExcessLoss) -> dict:
+    "For `summary.json`: the last evaluation's step and buckets, where the floor came from, and the measured seconds."
+    last = self.history[-1] if self.history else {"step": None, "buckets": {}}
+    return {"step": last["step"], "buckets": last["buckets"], "floor_source": self.floor_source, "floor_seconds": self.floor_seconds,
+            "eval_seconds_mean": round(sum(self.eval_seconds) / len(self.eval_seconds), 3) if self.eval_seconds else None,
+            "evaluations": len(self.eval_seconds), "n_images": (self.cache or {}).get("key", {}).get("n_images"), "k_per_bucket": self.k}

@@ -15,6 +15,8 @@ from torch import Tensor
 import lightning.pytorch as pl
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
+from plotly.colors import qualitative
+from lightning.pytorch.callbacks import ModelSummary
 try: import ipywidgets as widgets
 except ImportError as e: raise ImportError(f"diffexplore.live needs the notebook extras, which are not installed ({e}): pip install 'diffexplore[lab]' (with torch pinned, see README)") from e
 from PIL import Image
@@ -24,8 +26,9 @@ from .engine import sigma_bucket_names, conditioner_classes
 from .data import image_grid
 
 # %% auto #0
-__all__ = ['ema_smooth', 'should_push', 'push_interval', 'sample_due', 'append_row', 'thin', 'sample_class_labels',
-           'LiveTrainingView', 'BackgroundFit', 'fit_in_background']
+__all__ = ['BUCKET_METRICS', 'ema_smooth', 'should_push', 'push_interval', 'sample_due', 'append_row', 'thin', 'last_finite',
+           'bucket_curve', 'sample_class_labels', 'LiveTrainingView', 'BackgroundFit', 'fit_in_background',
+           'gpu_or_skip']
 
 # %% ../nbs/17_live.ipynb #ebc26d00
 def ema_smooth(values: Sequence[float], # new points x_t (floats; NaN points are skipped)
@@ -106,6 +109,30 @@ def thin(seq: Sequence, # a list or 1-D array
     head = seq[::k]
     return head if (len(seq) - 1) % k == 0 else (list(head) + [seq[-1]] if isinstance(seq, list) else np.append(head, seq[-1]))
 
+# %% ../nbs/17_live.ipynb #25e7bac4
+BUCKET_METRICS = {"eval_loss_sigma/": ("eval", (1, 2)), "floor_sigma/": ("floor", (1, 2)),
+                  "excess_sigma/": ("excess", (2, 1)), "excess_ema_sigma/": ("excess_ema", (2, 1)),
+                  "weighted_error_sigma/": ("weighted_error", (2, 2)), "logvar_sigma/": ("exp_u", (2, 2))}
+"Per-σ-bucket metrics the view draws besides `loss_sigma/` (training loss, panel (1, 2)): prefix → (kind, (row, col))."
+
+def last_finite(values: Sequence[float]) -> float:
+    "The last value of `values` that is not NaN or ±inf; NaN when there is none."
+    a = np.asarray(values, dtype=np.float64)
+    ok = np.flatnonzero(np.isfinite(a))
+    return float(a[ok[-1]]) if len(ok) else math.nan
+
+def bucket_curve(kind: str, # "loss", "eval", "excess", "excess_ema", "weighted_error" (as logged), "floor" (a level) or "exp_u" (u → e^u)
+                 steps: Sequence[int], # global steps of the recorded points
+                 values: Sequence[float], # the metric at those steps (NaN where not logged)
+                 max_points: int | None = None, # as in `thin`
+                ) -> tuple[np.ndarray, np.ndarray]: # float64 (x, y)
+    "The (x, y) one σ-bucket trace draws: a floor is a level over all steps at its last logged value; u is drawn as e^u."
+    if kind == "floor":
+        v = last_finite(values)
+        return (np.array([steps[0], steps[-1]], np.float64), np.array([v, v])) if len(steps) else (np.zeros(0), np.zeros(0))
+    x, y = np.asarray(thin(steps, max_points), np.float64), np.asarray(thin(values, max_points), np.float64)
+    return x, (np.exp(y) if kind == "exp_u" else y)
+
 # %% ../nbs/17_live.ipynb #81638e2c
 def _png_data_uri(grid: np.ndarray, min_size: int = 160) -> str:
     "A PNG data URI of a uint8 RGB grid, enlarged by an integer factor (nearest) to at least `min_size` pixels."
@@ -163,7 +190,7 @@ def _same_value(a, b) -> bool:
 
 # %% ../nbs/17_live.ipynb #f2dc2fd8
 class LiveTrainingView(pl.Callback):
-    """Lightning callback with a live plotly figure of loss (raw + smoothed), loss per σ bucket, lr and sample grids.
+    """Lightning callback with a live plotly figure of loss (raw + smoothed), loss per σ bucket beside its floor, EDM2's u(σ), lr and sample grids.
 
     `min_interval_s` >= 0: minimum seconds between figure updates; `max_draw_fraction` in (0, 1]: the interval grows
     so that updates take at most this share of the time (`push_interval`). `smoothing` in [0, 1): β of `ema_smooth`.
@@ -174,7 +201,10 @@ class LiveTrainingView(pl.Callback):
     `class_labels`: labels of the grid's samples (default: cycle through the conditioner's classes, if any).
     `checkpoint_dir`: where Stop saves `stopped-step=<N>.ckpt` (default: the trainer's `ModelCheckpoint.dirpath`;
     without either, Stop saves nothing). `max_points` (>= 2 or None): points per curve on screen.
-    `loss_key`, `lr_key`, `bucket_prefix`: names of the logged metrics (`DiffusionEngine`'s by default).
+    `loss_key`, `lr_key`, `bucket_prefix`: names of the logged metrics (`DiffusionEngine`'s by default); the
+    per-bucket metrics of `BUCKET_METRICS` (floor, excess, eval loss, EDM2's u and weighted error) are drawn when logged.
+    `sample_every_n_steps` and `max_sample_fraction` may be changed while training (checked on assignment); the
+    status line shows them.
     Data: `steps` (global step of each recorded batch), `series[metric]` (floats aligned with `steps`, NaN where
     not logged), `loss_smooth`. Counters: `pushes` (figure updates), `errors`, `samples_drawn` (with `sample_seconds`,
     the wall seconds each grid took), `samples_skipped` (due grids over the time budget);
@@ -183,8 +213,8 @@ class LiveTrainingView(pl.Callback):
     def __init__(self, min_interval_s: float = 1.0, smoothing: float = 0.9, sample_every_n_steps: int | None = 200,
                  n_samples: int = 16, sample_seed: int = 0, class_labels=None, checkpoint_dir: str | None = None,
                  max_points: int | None = 2000, loss_key: str = "train/loss", lr_key: str = "train/lr",
-                 bucket_prefix: str = "loss_sigma/", max_draw_fraction: float = 0.01, height: int = 560,
-                 max_sample_fraction: float | None = 0.01):
+                 bucket_prefix: str = "loss_sigma/", max_draw_fraction: float = 0.01, height: int = 760,
+                 max_sample_fraction: float | None = 0.05):
         if not min_interval_s >= 0: raise ValueError(f"min_interval_s must be >= 0; got min_interval_s={min_interval_s!r}")
         if not 0 < max_draw_fraction <= 1: raise ValueError(f"max_draw_fraction must be in (0, 1]; got max_draw_fraction={max_draw_fraction!r}")
         _check_fraction(max_sample_fraction)
@@ -205,7 +235,17 @@ class LiveTrainingView(pl.Callback):
         self._metrics, self._metrics_live, self._unrecorded, self._outputs, self._wanted_keys = {}, False, False, None, {}
         self._last_push, self._last_sample_step, self._stop_requested = None, None, False
         self._grid, self._grid_dirty, self._t0, self._step0 = None, False, None, 0
+        self._kinds, self._colours = {}, {}
         self._build_widget()
+
+# %% ../nbs/17_live.ipynb #7fcad41b
+def _checked(name: str, check):
+    "A property kept in the instance's `__dict__`: assigning runs `check(value)` first, so a bad value fails at once, naming itself."
+    def set_(self, value): check(value); self.__dict__[name] = value
+    return property(lambda self: self.__dict__[name], set_, doc=f"`{name}`, checked on assignment")
+
+LiveTrainingView.sample_every_n_steps = _checked("sample_every_n_steps", _check_every)
+LiveTrainingView.max_sample_fraction = _checked("max_sample_fraction", _check_fraction)
 
 # %% ../nbs/17_live.ipynb #b01cdef3
 @patch
@@ -213,33 +253,62 @@ def __repr__(self: LiveTrainingView):
     return (f"LiveTrainingView(min_interval_s={self.min_interval_s}, sample_every_n_steps={self.sample_every_n_steps}, "
             f"steps={len(self.steps)}, pushes={self.pushes}, errors={self.errors})")
 
+_PANEL_TITLES = {(1, 1): "loss", (1, 2): "loss per σ bucket (- - floor, ○ eval)", (2, 1): "eval loss − floor (··· EMA weights)",
+                 (2, 2): "EDM2: weighted error, ··· e^u(σ)", (3, 1): "learning rate", (3, 2): "samples"}
+
 @patch
 def _build_widget(self: LiveTrainingView):
-    fig = go.FigureWidget(make_subplots(rows=2, cols=2, vertical_spacing=0.14, horizontal_spacing=0.08,
-                                        subplot_titles=("loss", "loss per σ bucket", "learning rate", "samples")))
+    fig = go.FigureWidget(make_subplots(rows=3, cols=2, vertical_spacing=0.08, horizontal_spacing=0.08, row_heights=[0.4, 0.3, 0.3],
+                                        subplot_titles=[t + ("" if rc in ((1, 1), (1, 2), (3, 1), (3, 2)) else " (not logged)")
+                                                        for rc, t in _PANEL_TITLES.items()]))
     fig.add_scatter(name="loss", mode="lines", line=dict(width=1, color="rgba(31,119,180,0.35)"), row=1, col=1)
     fig.add_scatter(name="loss (smoothed)", mode="lines", line=dict(width=2, color="rgb(31,119,180)"), row=1, col=1)
-    fig.add_scatter(name="lr", mode="lines", line=dict(color="rgb(44,160,44)"), connectgaps=True, showlegend=False, row=2, col=1)
-    fig.add_image(name="samples", source=_png_data_uri(np.zeros((1, 1, 3), np.uint8), 1), row=2, col=2)
-    for col in (1, 2): fig.update_yaxes(type="log", row=1, col=col); fig.update_xaxes(title_text="step", row=1, col=col)
-    fig.update_xaxes(visible=False, row=2, col=2); fig.update_yaxes(visible=False, row=2, col=2)
+    fig.add_scatter(name="lr", mode="lines", line=dict(color="rgb(44,160,44)"), connectgaps=True, showlegend=False, row=3, col=1)
+    fig.add_image(name="samples", source=_png_data_uri(np.zeros((1, 1, 3), np.uint8), 1), row=3, col=2)
+    for r, c in ((1, 1), (1, 2), (2, 1), (2, 2)): fig.update_yaxes(type="log", row=r, col=c)
+    fig.update_xaxes(title_text="step", row=3, col=1); fig.update_xaxes(visible=False, row=3, col=2); fig.update_yaxes(visible=False, row=3, col=2)
     fig.update_layout(height=self.height, margin=dict(t=40, b=30, l=50, r=10), legend=dict(font=dict(size=10)))
-    self.fig = fig
+    fig.update_annotations(font_size=12)   # the panel titles: they fit a narrow notebook column
+    self.fig, self._titled = fig, {(1, 1), (1, 2), (3, 1), (3, 2)}
     self.traces = dict(zip(["loss", "loss_smooth", "lr", "samples"], fig.data))
     self._index = {k: i for i, k in enumerate(self.traces)}
     self.button = widgets.Button(description="Stop", icon="stop", button_style="danger", disabled=True,
                                  tooltip="stop at the next step; saves a checkpoint if a directory is set")
     self.button.on_click(lambda _: self.request_stop())
-    self.status = widgets.HTML("not started")
+    self.status = widgets.HTML("not started · " + self._grid_text())
     self.widget = widgets.VBox([widgets.HBox([self.button, self.status]), fig])
 
 @patch
 def _repr_mimebundle_(self: LiveTrainingView, **kwargs): return self.widget._repr_mimebundle_(**kwargs)
 
+# %% ../nbs/17_live.ipynb #b91dc4ae
+@patch
+def _kind(self: LiveTrainingView, key: str) -> tuple[str, str, tuple[int, int]] | None:
+    "(kind, bucket, (row, col)) of a per-σ-bucket metric the view draws (`BUCKET_METRICS` and `bucket_prefix`), else None."
+    if key not in self._kinds:
+        self._kinds[key] = next(((kind, key[len(p):], rc) for p, (kind, rc) in
+                                 [(self.bucket_prefix, ("loss", (1, 2))), *BUCKET_METRICS.items()] if key.startswith(p)), None)
+    return self._kinds[key]
+
+_STYLES = {"loss": dict(mode="lines", line=dict(width=1)), "eval": dict(mode="markers", marker=dict(size=7, symbol="circle-open")),
+           "floor": dict(mode="lines", line=dict(width=1.5, dash="dash")), "excess": dict(mode="lines", line=dict(width=1)),
+           "excess_ema": dict(mode="lines", line=dict(width=2, dash="dot")),
+           "weighted_error": dict(mode="lines", line=dict(width=1)), "exp_u": dict(mode="lines", line=dict(width=2, dash="dot"))}
+
 @patch
 def _add_bucket_trace(self: LiveTrainingView, key: str):
-    self.fig.add_scatter(name=key[len(self.bucket_prefix):], mode="lines", line=dict(width=1), connectgaps=True, row=1, col=2)
+    "A trace for a σ-bucket metric: the bucket's colour, the kind's style; the panel's title loses its '(not logged)'."
+    kind, bucket, (row, col) = self._kind(key)
+    colours = qualitative.Plotly
+    colour = self._colours.setdefault(bucket, colours[len(self._colours) % len(colours)])
+    style = _STYLES[kind]
+    self.fig.add_scatter(name=bucket if kind == "loss" else f"{kind} {bucket}", legendgroup=bucket, showlegend=kind == "loss",
+                         connectgaps=True, row=row, col=col, **{k: dict(v, color=colour) for k, v in style.items() if k != "mode"},
+                         mode=style["mode"])
     self.traces[key], self._index[key] = self.fig.data[-1], len(self.fig.data) - 1
+    if (row, col) not in self._titled:
+        self._titled.add((row, col))
+        self.fig.layout.annotations[list(_PANEL_TITLES).index((row, col))].text = _PANEL_TITLES[(row, col)]
 
 # %% ../nbs/17_live.ipynb #5ef69d3c
 @patch
@@ -281,9 +350,9 @@ def _start(self: LiveTrainingView, trainer, pl_module):
     buckets = [self.bucket_prefix + b for b in sigma_bucket_names(pl_module.sigma_bucket_edges)] \
         if hasattr(pl_module, "sigma_bucket_edges") else []
     for k in [self.loss_key, self.lr_key, *buckets]: self.series.setdefault(k, [math.nan] * len(self.steps))
-    for k in buckets:
+    for k in buckets:   # in σ order, so that the buckets' colours follow σ
         if k not in self.traces: self._add_bucket_trace(k)
-    self.button.disabled, self.status.value = False, f"training from step {trainer.global_step}"
+    self.button.disabled, self.status.value = False, f"training from step {trainer.global_step} · " + self._grid_text()
 
 @patch
 def _record(self: LiveTrainingView, trainer):
@@ -298,7 +367,7 @@ def _pick(self: LiveTrainingView, metrics: dict, outputs) -> dict:
     "The wanted metrics logged in this step (not stale re-reads); `outputs['loss']` if `loss_key` was not logged."
     row, last, wanted = {}, self._last_seen, self._wanted_keys
     for k, v in metrics.items():
-        if k not in wanted: wanted[k] = k in (self.loss_key, self.lr_key) or k.startswith(self.bucket_prefix)
+        if k not in wanted: wanted[k] = k in (self.loss_key, self.lr_key) or self._kind(k) is not None
         if wanted[k] and not _same_value(v, last.get(k)): row[k] = last[k] = v
     if self.loss_key not in row and isinstance(outputs, Mapping) and "loss" in outputs: row[self.loss_key] = outputs["loss"]
     return row
@@ -321,14 +390,16 @@ def _flush(self: LiveTrainingView):
 @patch
 def _draw(self: LiveTrainingView):
     "Redraw every curve (thinned to `max_points`) in one restyle message; the sample grid in a second one if new."
-    for k in self.series:
-        if k.startswith(self.bucket_prefix) and k not in self.traces: self._add_bucket_trace(k)
+    buckets = [k for k in self.series if self._kind(k) is not None]
+    for k in buckets:
+        if k not in self.traces: self._add_bucket_trace(k)
     th = lambda s: np.asarray(thin(s, self.max_points), dtype=np.float64)
-    curves = {"loss": self.series[self.loss_key], "loss_smooth": self.loss_smooth, "lr": self.series[self.lr_key],
-              **{k: v for k, v in self.series.items() if k.startswith(self.bucket_prefix)}}
     x = th(self.steps)
-    self.fig.plotly_restyle({"x": [x] * len(curves), "y": [th(y) for y in curves.values()]},
-                            trace_indexes=[self._index[k] for k in curves])
+    xy = [(x, th(self.series[self.loss_key])), (x, th(self.loss_smooth)), (x, th(self.series[self.lr_key]))]
+    xy += [(x, th(self.series[k])) if self._kind(k)[0] == "loss" else bucket_curve(self._kind(k)[0], self.steps, self.series[k], self.max_points)
+           for k in buckets]
+    self.fig.plotly_restyle({"x": [a for a, _ in xy], "y": [b for _, b in xy]},
+                            trace_indexes=[self._index[k] for k in ("loss", "loss_smooth", "lr", *buckets)])
     if self._grid_dirty:
         self.fig.plotly_restyle({"source": _png_data_uri(self._grid)}, trace_indexes=[self._index["samples"]])
         self._grid_dirty = False
@@ -342,15 +413,27 @@ def push(self: LiveTrainingView):
     if self._guard(self._draw): self.pushes += 1
     self._last_push = time.monotonic(); self._draw_s = self._last_push - t   # flushing is per-step work, not counted
 
+# %% ../nbs/17_live.ipynb #a3389f37
 @patch
 def _status_text(self: LiveTrainingView) -> str:
-    if not self.steps: return "no steps yet"
+    if not self.steps: return "no steps yet · " + self._grid_text()
     rate = (self.steps[-1] - self._step0) / max(time.monotonic() - (self._t0 or time.monotonic()), 1e-9)
     text = (f"step {self.steps[-1]} · {rate:.1f} steps/s · loss {self.series[self.loss_key][-1]:.4g} "
             f"(smoothed {self.loss_smooth[-1]:.4g}) · {self.pushes + 1} redraws")
     if self.errors: text += f" · <b>{self.errors} view errors</b> (view.last_error)"
     if self.stopped_checkpoint: text += f" · stopped, saved <code>{self.stopped_checkpoint}</code>"
-    return text
+    return text + "<br>" + self._grid_text()
+
+@patch
+def _grid_text(self: LiveTrainingView) -> str:
+    "The sample-grid budget as the status line shows it, with how to change it."
+    every, frac = self.sample_every_n_steps, self.max_sample_fraction
+    if not every: return "grids: off (change: <code>view.sample_every_n_steps = 200</code>)"
+    budget = "no time limit" if frac is None else f"≤ {100 * frac:g} % of the time"
+    done = f" · {self.samples_drawn} drawn, {self.samples_skipped} skipped" if self.samples_drawn or self.samples_skipped else ""
+    last = f", last {self.sample_seconds[-1]:.1f} s" if self.sample_seconds else ""
+    return (f"grids: every {every} steps, {budget}{done}{last} (change: <code>view.sample_every_n_steps = …</code>, "
+            f"<code>view.max_sample_fraction = …</code>)")
 
 # %% ../nbs/17_live.ipynb #71d31daa
 @patch
@@ -447,32 +530,61 @@ def fit_in_background(trainer: pl.Trainer, # a Trainer for one device; progress 
                       train_dataloaders=None, val_dataloaders=None, datamodule=None, # as in `Trainer.fit`
                       ckpt_path: str | None = None, # resume from this checkpoint, as in `Trainer.fit`
                       weights_only: bool | None = None, # as in `Trainer.fit`; False to resume a `DiffusionEngine` checkpoint (it holds RNG states)
+                      quiet: bool = True, # hide library messages a notebook user cannot act on (below)
                      ) -> BackgroundFit:
     """Run `trainer.fit(model, ...)` on a background daemon thread and return at once with a `BackgroundFit` handle.
 
     Every call uses the same thread (`handle.thread`): fits run one after another (a fit started while another runs
     waits, `queued`, until it ends; `handle.stop()` cancels it). Off the main thread the engine compiles its step
     without CUDA graphs (`CompiledStep`'s policy; they bought 1.01–1.03× where the GPU is busy).
+    `quiet`: the fit runs without the Trainer's model-summary table, and from the first quiet fit on the process stays
+    inside `diffexplore.cli.quiet_libraries` (Lightning's tips and the warnings `cli.QUIETED` lists hidden, as
+    `diffexplore train` hides them; `_quiet_from_now_on` says why for good), so nothing lands under the view's cell;
+    Lightning's device and "fit stopped" lines stay.
     Exceptions inside fit are stored in `handle.exception` (not raised). Raises `TypeError` if `trainer` is not a
     `lightning.pytorch.Trainer`; warns if its progress bar is on. Ctrl-C does not reach the thread: use `handle.stop()`."""
     if not isinstance(trainer, pl.Trainer): raise TypeError(f"trainer must be a lightning.pytorch.Trainer; got {type(trainer).__name__}")
     if trainer.progress_bar_callback is not None:
         warnings.warn("fit_in_background: the progress bar writes from another thread into whatever cell runs; "
                       "create the Trainer with enable_progress_bar=False (the LiveTrainingView shows progress)")
+    if quiet: _quiet_from_now_on()
     handle = BackgroundFit(trainer)
+    def fit(): trainer.fit(model, train_dataloaders=train_dataloaders, val_dataloaders=val_dataloaders,
+                           datamodule=datamodule, ckpt_path=ckpt_path, weights_only=weights_only)
     def run():
         try:
             handle.started = True   # before the check: `stop()` reads them in the other order
             if handle._stop_flag.requested: handle.cancelled = True; return   # stopped while queued
-            trainer.callbacks.append(handle._stop_flag)
-            try: trainer.fit(model, train_dataloaders=train_dataloaders, val_dataloaders=val_dataloaders,
-                             datamodule=datamodule, ckpt_path=ckpt_path, weights_only=weights_only)
-            finally:
-                if handle._stop_flag in trainer.callbacks: trainer.callbacks.remove(handle._stop_flag)
+            with _with_callbacks(trainer, [handle._stop_flag], drop=ModelSummary if quiet else ()): fit()
         except BaseException as e: handle.exception = e
         finally: handle._finished.set()
     handle.thread = _fit_thread(); _FIT_JOBS.put(run)
     return handle
+
+# %% ../nbs/17_live.ipynb #f1635567
+@contextmanager
+def _with_callbacks(trainer: pl.Trainer, add: list, drop=()):
+    "`trainer.callbacks` with `add` appended and the callbacks of the types `drop` left out, restored afterwards."
+    old = list(trainer.callbacks)
+    trainer.callbacks[:] = [c for c in old if not isinstance(c, drop)] + list(add)
+    try: yield
+    finally: trainer.callbacks[:] = old
+
+_NO_LAST = (r"`\.fit\(ckpt_path=None\)` was called without a model", r'\.fit\(ckpt_path="last"\) is set, but there is no last')
+"With an on-exception checkpoint (`diffexplore train`'s), Lightning reads a fresh run's `ckpt_path=None` as \"last\" and warns twice that there is none (`cli._fit` hides the same two)."
+
+_QUIET = []   # the entered `quiet_libraries` contexts, kept: a collected generator would exit and drop its filters
+
+def _quiet_from_now_on():
+    """Enter `diffexplore.cli.quiet_libraries()` (imported here: `cli` comes after `live`) once per process and stay in
+    it, `_NO_LAST` hidden too. Once, not around each fit: `warnings.catch_warnings` is not thread-safe (it saves and
+    restores the one process-wide filter list), so one around the fit on its thread would be undone by any
+    `catch_warnings` of another thread that ends while the fit runs (libraries use them when displaying). Entered
+    again if a `catch_warnings` that was open when it was entered has since dropped its filters."""
+    if any(f[1] is not None and f[1].pattern == _NO_LAST[0] for f in warnings.filters): return
+    from diffexplore.cli import quiet_libraries
+    q = quiet_libraries(); q.__enter__(); _QUIET.append(q)
+    for text in _NO_LAST: warnings.filterwarnings("ignore", message=text)
 
 # %% ../nbs/17_live.ipynb #685d3d51
 _FIT_JOBS, _FIT_THREAD, _FIT_LOCK = queue.SimpleQueue(), None, threading.Lock()
@@ -489,3 +601,10 @@ def _fit_thread() -> threading.Thread:
                     except BaseException: pass   # `run` keeps its errors in the handle; the thread must live on
             _FIT_THREAD = threading.Thread(target=work, name="fit_in_background", daemon=True); _FIT_THREAD.start()
         return _FIT_THREAD
+
+# %% ../nbs/17_live.ipynb #e543eee3
+def gpu_or_skip(what: str = "this cell") -> bool:
+    "True when a CUDA GPU is available; else prints one line, '<what> needs a CUDA GPU; skipped on this CPU machine', and returns False."
+    if torch.cuda.is_available(): return True
+    print(f"{what} needs a CUDA GPU; skipped on this CPU machine")
+    return False

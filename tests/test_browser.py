@@ -1,13 +1,16 @@
-"""The explorers in a real browser: JupyterLab + Debian's Chromium driven by Playwright.
+"""The explorers and the live training view in a real browser: JupyterLab + Debian's Chromium driven by Playwright.
 
 Starts `jupyter lab` on a free port with a random token and throw-away HOME/config/data/runtime/settings
 dirs (nothing leaks into the repo or the user's Jupyter), opens `nbs/16a_explorers_demo.ipynb`, runs all
 cells, checks that the three explorers and their static copies are drawn, moves ScalingExplorer's σ slider with
 the keyboard and checks, in the page, that the plotly marker moved and the readout changed. Screenshot:
 `test-artifacts/explorer.png`. The notebook file is checked to be unchanged afterwards (autosave is off).
+The live view: "Run All" of `nbs/17_live.ipynb` and of `nbs/15_train_digits.ipynb` ends without an error output;
+the last cell of 15 leaves the full run training in the background, whose step counter and loss curve grow in the page
+until the Stop button is clicked, which saves `runs/notebook_digits/checkpoints/stopped-step=N.ckpt`.
 Skipped only when chromium or playwright is not installed (a chromium that cannot be executed counts as absent).
 """
-import json, os, secrets, signal, socket, subprocess, sys, time, urllib.request
+import json, os, secrets, shutil, signal, socket, subprocess, sys, time, urllib.request
 from pathlib import Path
 
 import pytest
@@ -53,7 +56,8 @@ def jupyter_lab(tmp_path):
     dirs = {k: tmp_path / k for k in ("home", "config", "data", "runtime", "settings", "workspaces", "checkpoints", "ipython")}
     for d in dirs.values(): d.mkdir()
     settings = {"docmanager-extension/plugin": {"autosave": False},            # never write the notebook back
-                "notebook-extension/tracker": {"autoStartDefaultKernel": True},  # no "Select Kernel" dialog
+                "notebook-extension/tracker": {"autoStartDefaultKernel": True,   # no "Select Kernel" dialog
+                                               "windowingMode": "none"},         # every cell in the DOM, also off screen
                 "apputils-extension/notification": {"fetchNews": "false"}}      # no news toast, no request
     for name, value in settings.items():
         f = dirs["settings"] / "@jupyterlab" / f"{name}.jupyterlab-settings"
@@ -61,7 +65,8 @@ def jupyter_lab(tmp_path):
     env = dict(os.environ, HOME=str(dirs["home"]), JUPYTER_CONFIG_DIR=str(dirs["config"]), JUPYTER_DATA_DIR=str(dirs["data"]),
                JUPYTER_RUNTIME_DIR=str(dirs["runtime"]), JUPYTERLAB_SETTINGS_DIR=str(dirs["settings"]),
                JUPYTERLAB_WORKSPACES_DIR=str(dirs["workspaces"]), IPYTHONDIR=str(dirs["ipython"]),
-               PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]))
+               PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
+               DIFFEXPLORE_CACHE=os.environ.get("DIFFEXPLORE_CACHE") or str(Path.home() / ".cache" / "diffexplore"))  # the judge's cached classifier
     cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip", "127.0.0.1", "--port", str(port),
            "--ServerApp.port_retries=0", f"--ServerApp.token={token}", f"--ServerApp.root_dir={REPO}",
            f"--ServerApp.runtime_dir={dirs['runtime']}", f"--FileCheckpoints.checkpoint_dir={dirs['checkpoints']}",
@@ -181,3 +186,96 @@ def test_scaling_explorer_in_jupyterlab(jupyter_lab):
             browser.close()
     assert ARTIFACT.stat().st_size > 10_000
     assert nb_path.read_bytes() == nb_before, f"{NOTEBOOK} was modified by the browser session"
+
+
+# --- the live training view -------------------------------------------------------------------------------------------
+NB = ".jp-NotebookPanel:not(.lm-mod-hidden)"   # the notebook in the tab on show
+ALL_RUN = """() => { const p = [...document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell .jp-InputPrompt')].map(e => e.innerText.trim());
+  return p.length > 0 && p.every(t => /^\\[\\d+\\]:$/.test(t)); }"""
+# the last view in the page: its status line and the number of points of its raw loss curve
+LAST_VIEW = """() => { const b = [...document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jupyter-widgets button')].filter(e => e.innerText.includes('Stop')).pop();
+  if (!b) return null;
+  const box = b.closest('.widget-vbox'), gd = box && box.querySelector('.js-plotly-plot');
+  const loss = gd && (gd.data || []).find(t => t.name === 'loss');
+  return {status: box.querySelector('.widget-html-content').innerText, disabled: b.disabled, points: loss && loss.x ? loss.x.length : 0}; }"""
+ERRORS = """() => [...document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]')]
+  .map(e => [e.closest('.jp-Cell').querySelector('.jp-InputArea-editor').innerText.slice(0, 80), e.innerText])"""
+
+
+def _run_all(page, base, token, notebook):
+    page.goto(f"{base}/lab/tree/{notebook}?token={token}")
+    page.locator(".jp-Notebook .jp-Cell").first.wait_for()
+    page.wait_for_function("() => /Idle/.test(document.querySelector('#jp-main-statusbar')?.innerText || '')"
+                           " || document.querySelector('.jp-Dialog')", timeout=60_000)
+    if page.locator(".jp-Dialog").count(): page.locator(".jp-Dialog .jp-mod-accept").click()
+    started = f"() => [...document.querySelectorAll('{NB} .jp-CodeCell .jp-InputPrompt')].some(e => /\\[(\\*|\\d+)\\]/.test(e.innerText))"
+    for _ in range(6):   # the status bar may still say "Idle" for another notebook's kernel: retry until this one runs
+        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+        page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+        try: page.wait_for_function(started, timeout=10_000, polling=250); return
+        except Exception: pass
+    raise AssertionError(f"Run All did not start in {notebook}")
+
+
+def _wait_all_run(page, timeout_ms=180_000):
+    "Until every code cell of the notebook on show has its execution count (Run All is done)."
+    try: page.wait_for_function(ALL_RUN, timeout=timeout_ms, polling=1000)
+    except Exception as e:
+        prompts = page.evaluate(f"() => [...document.querySelectorAll('{NB} .jp-CodeCell .jp-InputPrompt')].map(e => e.innerText)")
+        raise AssertionError(f"Run All did not finish; prompts: {prompts}") from e
+
+
+def _no_errors(page, notebook):
+    "No traceback or error in any stderr output (Lightning's device lines, written to stderr, are allowed)."
+    bad = [(cell, t) for cell, t in page.evaluate(ERRORS) if any(w in t for w in ("Traceback", "Error", "Warning", "warn", "Tip:", "deprecated"))]
+    assert not bad, f"{notebook}: {bad}"
+    assert page.locator(f"{NB} .jp-OutputArea-output[data-mime-type='application/vnd.jupyter.error']").count() == 0, notebook
+
+
+def _step(status: str) -> int:
+    import re
+    m = re.search(r"step (\d+)", status)
+    return int(m.group(1)) if m else -1
+
+
+def test_live_view_run_all_train_stop_in_jupyterlab(jupyter_lab):
+    base, token = jupyter_lab
+    notebooks = ["nbs/17_live.ipynb", "nbs/15_train_digits.ipynb"]
+    before = {nb: (REPO / nb).read_bytes() for nb in notebooks}
+    full_dir = REPO / "runs" / "notebook_digits"
+    existed = full_dir.exists()
+    ARTIFACT.parent.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        page.set_default_timeout(60_000)
+        try:
+            _run_all(page, base, token, notebooks[0])                 # 17: every cell, the GPU ones say they need a GPU
+            _wait_all_run(page)
+            assert "needs a CUDA GPU; skipped on this CPU machine" in page.locator(f"{NB} .jp-Notebook").inner_text()
+            _no_errors(page, notebooks[0])
+
+            _run_all(page, base, token, notebooks[1])                 # 15: the small runs, then the full run in the background
+            _wait_all_run(page)
+            _no_errors(page, notebooks[1])
+            page.wait_for_function(f"() => {{ const v = ({LAST_VIEW})(); return v && /step \\d+/.test(v.status) && v.points > 0; }}",
+                                   timeout=120_000, polling=500)
+            first = page.evaluate(LAST_VIEW)
+            page.wait_for_function(f"() => {{ const v = ({LAST_VIEW})(); return v.points > {first['points']}; }}", timeout=120_000, polling=500)
+            grown = page.evaluate(LAST_VIEW)
+            assert _step(grown["status"]) > _step(first["status"]) >= 1 and not grown["disabled"], (first, grown)
+            assert "grids: every 200 steps, ≤ 5 % of the time" in grown["status"]
+            page.locator(f"{NB} .jupyter-widgets button", has_text="Stop").last.click()
+            page.wait_for_function(f"() => /stopped, saved/.test(({LAST_VIEW})().status)", timeout=120_000, polling=500)
+            stopped = page.evaluate(LAST_VIEW)
+            step = _step(stopped["status"])
+            assert stopped["disabled"] and step >= _step(grown["status"]) and stopped["points"] == step
+            assert (full_dir / "checkpoints" / f"stopped-step={step}.ckpt").is_file()
+            page.locator(f"{NB} .jupyter-widgets .js-plotly-plot").last.screenshot(path=str(ARTIFACT.with_name("live_view.png")))
+        except Exception:
+            page.screenshot(path=str(ARTIFACT.with_name("live-failure.png")), full_page=True)
+            raise
+        finally:
+            browser.close()
+            if not existed: shutil.rmtree(full_dir, ignore_errors=True)
+    for nb in notebooks: assert (REPO / nb).read_bytes() == before[nb], f"{nb} was modified by the browser session"

@@ -5,12 +5,10 @@ import pytest
 import numpy as np
 import torch
 from diffexplore.cli import main, load_config, train, load_engine, read_metrics, ConfigError
+from _runs import TINY, NO_FLOOR
 
 CONFIG = Path(__file__).parent.parent / "configs" / "digits.yaml"
-TINY = ["model.params.network_config.params.diffusion_model.params.preset=tiny",
-        "model.params.network_config.params.diffusion_model.params.class_embed_dim=64",
-        "model.params.conditioner_config.params.emb_models.0.params.embed_dim=64",
-        "model.params.sampler_config.params.num_steps=4"]
+TINY = [*TINY, *NO_FLOOR]   # the floor evaluations are tested in test_excess_loss.py
 
 
 @pytest.fixture(scope="module")

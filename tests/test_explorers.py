@@ -10,11 +10,14 @@ from diffexplore.discretizer import EDMDiscretization, LegacyDDPMDiscretization
 from diffexplore.explorers import (DESIGN_PANELS, FP16_MAX, batch_restyle, NOISING_PANELS, PANELS, DesignSpaceExplorer, NoisingExplorer,
                                    ScalingExplorer, SigmaSamplingExplorer, log10_histogram, make_scalings, make_weighting,
                                    noising_panels, optimal_denoiser, panel_values, posterior_weights, readout_table,
-                                   readout_values, sampling_summary, takes_sigma_data)
+                                   readout_values, sampling_summary, takes_sigma_data,
+                                   SAMPLER_CLASSES, TRAJECTORY_PANELS, ExactDenoiser, TrajectoryExplorer, denoiser_gap, make_sampler,
+                                   model_classes, nearest_training_image, sampling_path, step_panels, trajectory)
 from diffexplore.recipes import RECIPES, Recipe, recipe_curves, recipe_values, recipe_x, sigma_grid, target_std_curve
 from diffexplore.scalings import SCALINGS, EDMScaling, EpsScaling, ScoreScaling, VScaling
 from diffexplore.sigma_sampling import DiscreteSampling, EDMSampling
 from diffexplore.weightings import WEIGHTINGS, EDMWeighting, EpsWeighting, VWeighting
+from _runs import TINY_NET
 
 f64 = torch.float64
 
@@ -437,3 +440,188 @@ def test_design_space_sigma_move_sends_one_restyle(digits, monkeypatch):
     n_markers = len(DESIGN_PANELS) * len(ex.recipes)
     assert set(data) in ({"x", "y"}, {"x", "y", "visible"})   # plotly drops a property no trace changed (visible here)
     assert all(len(v) == n_markers and all(e is not Undefined for e in v) for v in data.values())
+
+
+# ---------------------------------------------------------------- sampling path (TrajectoryExplorer)
+from diffexplore.sampling import EulerEDMSampler, HeunEDMSampler, VanillaCFG   # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def labelled():
+    dm = DigitsDataModule()
+    return dm.train_images()[:300].double(), dm.train_labels()[:300]
+
+
+def test_exact_denoiser_is_the_class_posterior_mean(labelled):
+    data, labels = labelled
+    exact = ExactDenoiser(data, labels)
+    x = data[:3] + 0.4 * torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=f64)
+    s = torch.full((3,), 0.4, dtype=f64)
+    out = exact(x, s, {"vector": torch.tensor([2, -1, 7])})
+    for row, c in enumerate([2, -1, 7]):
+        torch.testing.assert_close(out[row], _brute_force(x[row:row + 1], 0.4, data if c < 0 else data[labels == c])[0], rtol=1e-9, atol=1e-12)
+    assert exact.classes == model_classes(exact) == 10 and model_classes(ExactDenoiser(data)) is None
+    assert repr(exact) == "ExactDenoiser(n=300, image_shape=(1, 8, 8), classes=10)"
+    c, uc = exact.conditionings(4, 2)
+    assert c["vector"].tolist() == [4, 4] and uc["vector"].tolist() == [-1, -1] and ExactDenoiser(data).conditionings(4, 2) == ({}, {})
+    with pytest.raises(ValueError, match="class_label=11"): exact(x, s, {"vector": torch.tensor([11, 0, 0])})
+    with pytest.raises(ValueError, match="cond must hold 'vector'"): exact(x, s, None)
+    with pytest.raises(ValueError, match=r"labels.shape=\(299,\)"): ExactDenoiser(data, labels[:-1])
+
+
+@pytest.mark.parametrize("name", list(SAMPLER_CLASSES))
+def test_sampling_path_records_every_step_and_changes_nothing(labelled, name):
+    "Recorded σ_i are the schedule, D_i is the denoiser at the recorded (x_i, σ_i), and the final sample is the sampler's own."
+    data, labels = labelled
+    exact, sampler = ExactDenoiser(data, labels), make_sampler(name, 7, scale=2.0)
+    c, uc = exact.conditionings(5, 2)
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(3), dtype=f64)
+    path = sampling_path(exact, sampler, x, c, uc, seed=11)
+    schedule = sampler.get_sigmas(dtype=f64)
+    assert torch.equal(path["sigma"], schedule[:-1]) and torch.equal(path["next_sigma"], schedule[1:]) and torch.equal(path["schedule"], schedule)
+    assert path["x"].shape == path["D"].shape == (7, 2, 1, 8, 8) and path["final"].shape == (2, 1, 8, 8)
+    torch.testing.assert_close(path["x"][0], x * sampler.init_noise_scale(schedule[0]), rtol=0, atol=0)
+    guided = sampler.guided_denoiser(exact, c, uc)
+    for x_i, s_i, d_i in zip(path["x"], path["sigma"], path["D"]): assert torch.equal(d_i, guided(x_i, float(s_i)))
+    torch.manual_seed(11)
+    assert torch.equal(path["final"], sampler(exact, x, c, uc))   # the same run as without recording (same seed)
+
+
+def test_sampling_path_records_the_churned_point():
+    "With churn, D is evaluated at σ̂_i = σ_i(1 + γ_i) on x̂_i = x_i + noise: that is what the path holds."
+    data = torch.randn(50, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=f64)
+    sampler = EulerEDMSampler(num_steps=6, s_churn=3.0)
+    path = sampling_path(ExactDenoiser(data), sampler, torch.randn(1, 1, 4, 4, dtype=f64, generator=torch.Generator().manual_seed(1)))
+    plan = sampler.plan(sampler.get_sigmas(dtype=f64))
+    assert path["sigma"].tolist() == pytest.approx([p.sigma_hat for p in plan], rel=1e-15)
+    assert (path["sigma"] > sampler.get_sigmas(dtype=f64)[:-1]).all() and all(p.gamma > 0 for p in plan)
+    for x_i, s_i, d_i in zip(path["x"], path["sigma"], path["D"]): assert torch.equal(d_i, ExactDenoiser(data)(x_i, s_i))
+
+
+def test_trajectory_of_the_exact_model(labelled):
+    data, labels = labelled
+    exact = ExactDenoiser(data, labels)
+    plain = trajectory(exact, make_sampler("HeunEDMSampler", 12), data, labels, class_label=6, n=2, seed=4)
+    assert torch.equal(plain["gap"], torch.zeros(12, 2, dtype=f64))                       # D is D* at every step
+    index, dist = plain["nearest"], plain["nearest_distance"]
+    brute = [int(((f - data) ** 2).flatten(1).sum(1).argmin()) for f in plain["final"]]
+    assert index.tolist() == brute and (labels[index] == 6).all() and dist.max() < 1e-3   # D* lands on a class-6 training image
+    s = 2.5
+    cfg = trajectory(exact, make_sampler("HeunEDMSampler", 12, scale=s), data, labels, class_label=6, n=2, seed=4)
+    D_u = torch.stack([exact(x_i, s_i, {"vector": torch.tensor([-1, -1])}) for x_i, s_i in zip(cfg["x"], cfg["sigma"])])
+    torch.testing.assert_close(cfg["gap"], (s - 1) * denoiser_gap(cfg["D*"], D_u), rtol=1e-9, atol=1e-12)
+    assert cfg["gap"][0].min() > 0.05 and cfg["class_label"] == 6
+
+
+def test_trajectory_errors(labelled):
+    data, labels = labelled
+    exact = ExactDenoiser(data, labels)
+    with pytest.raises(ValueError, match=r"b samples images of shape \(1, 8, 8\).*b.sample_shape=\(1, 8, 8\)"):
+        trajectory(exact, make_sampler(), data[:, :, :4], class_label=0, name="b")
+    with pytest.raises(ValueError, match="class_label=None"): trajectory(exact, make_sampler(), data, labels)
+    with pytest.raises(ValueError, match="class_label=10"): trajectory(exact, make_sampler(), data, labels, class_label=10)
+    with pytest.raises(ValueError, match="class_label=3"): trajectory(ExactDenoiser(data), make_sampler(), data, class_label=3)
+    with pytest.raises(TypeError, match="model of type function"): trajectory(lambda x, s, c: x, make_sampler(), data)
+    with pytest.raises(ValueError, match="sampler='DDIM'"): make_sampler("DDIM")
+    with pytest.raises(ValueError, match="step=12"): step_panels(trajectory(exact, make_sampler(num_steps=12), data, labels, class_label=1), 12, data)
+    with pytest.raises(ValueError, match=r"D_star.shape=\(2,\)"): denoiser_gap(torch.zeros(3), torch.zeros(2))
+    with pytest.raises(ValueError, match=r"x.shape=\(1, 1, 4, 4\)"): nearest_training_image(torch.zeros(1, 1, 4, 4), data)
+
+
+@pytest.fixture(scope="module")
+def two_paths(labelled):
+    data, labels = labelled
+    return TrajectoryExplorer("exact", data=data, labels=labels, scale=1.0, scale_b=3.0, class_label=3, num_steps=10, step=2)
+
+
+def _sent(fig, monkeypatch):
+    sent = []
+    for name in ("_send_restyle_msg", "_send_update_msg", "_send_relayout_msg"):
+        monkeypatch.setattr(fig, name, lambda *a, _n=name, **k: sent.append((_n, a, k)))
+    return sent
+
+
+def test_trajectory_explorer_step_move_is_one_message(two_paths, monkeypatch, labelled):
+    ex, data = two_paths, labelled[0]
+    assert ex.P == 2 and len(ex.fig.data) == 2 * len(TRAJECTORY_PANELS) + 2
+    assert repr(ex) == "TrajectoryExplorer(samplers=('HeunEDMSampler', 'HeunEDMSampler'), step=2, scales=(1.0, 3.0), class_label=3)"
+    sent = _sent(ex.fig, monkeypatch)
+    before = [np.array(ex.fig.data[ex._image(p, "x_i")].z) for p in range(2)]
+    ex.step_slider.value = 7
+    assert [m[0] for m in sent] == ["_send_update_msg"]               # images and markers: one message, one redraw
+    msg = sent[0][2]
+    assert set(msg["restyle_data"]) == {"z"} and len(msg["trace_indexes"]) == 8
+    assert msg["relayout_data"]["shapes[0].x0"] == 7 and ex.fig.layout.shapes[0].x0 == ex.fig.layout.shapes[0].x1 == 7
+    for p in range(2):
+        path = ex.paths[p]
+        assert ex.marker(p).x == 7 and ex.marker(p).y == pytest.approx(float(path["gap"][7, 0]), rel=1e-12)
+        want = step_panels(path, 7, data)
+        for t in TRAJECTORY_PANELS: np.testing.assert_allclose(ex.fig.data[ex._image(p, t)].z, want[t][0].numpy(), rtol=0, atol=0)
+        assert not np.array_equal(before[p], ex.fig.data[ex._image(p, "x_i")].z)
+    np.testing.assert_allclose(ex.curve(0).y, 0.0, atol=1e-12); assert max(ex.curve(1).y) > 0.05   # scale 1: D = D*
+    assert "step 7 of 10" in ex.readout.value and "class 3" in ex.readout.value
+
+
+def test_trajectory_explorer_sampler_change_recomputes_one_path(two_paths):
+    ex = two_paths
+    a_before, b_before = ex.paths
+    ex.sampler_dropdowns[1].value = "EulerEDMSampler"
+    assert ex.paths[0] is a_before and ex.paths[1] is not b_before
+    assert "EulerEDMSampler" in ex.curve(1).name and ex.curve(1).y == pytest.approx(ex.paths[1]["gap"][:, 0].tolist(), rel=1e-12)
+    ex.scale_sliders[0].value = 2.0
+    assert max(ex.curve(0).y) > 0.05 and ex.marker(0).y == pytest.approx(float(ex.paths[0]["gap"][ex.step_slider.value, 0]))
+    ex.class_dropdown.value = 8
+    assert all(p["class_label"] == 8 for p in ex.paths) and int(ex.labels[int(ex.paths[0]["nearest"][0])]) == 8   # D* lands in class 8
+
+
+def test_trajectory_explorer_errors(labelled):
+    data, labels = labelled
+    with pytest.raises(ValueError, match="sampler='DDIM'"): TrajectoryExplorer("exact", data=data, labels=labels, sampler_b="DDIM")
+    with pytest.raises(ValueError, match="step=10"): TrajectoryExplorer("exact", data=data, labels=labels, num_steps=10, step=10)
+    with pytest.raises(ValueError, match="step=-1"): TrajectoryExplorer("exact", data=data, labels=labels, step=-1)
+    with pytest.raises(ValueError, match="class_label=12"): TrajectoryExplorer("exact", data=data, labels=labels, class_label=12)
+    with pytest.raises(ValueError, match=r"b.sample_shape=\(1, 4, 4\)"):
+        TrajectoryExplorer("exact", ExactDenoiser(data[:, :, :4, :4]), data=data, labels=labels)
+
+
+# ---------------------------------------------------------------- a checkpoint through load_engine
+TINY = [*TINY_NET, "model.params.sampler_config.params.num_steps=5"]
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    from pathlib import Path
+    from diffexplore.cli import load_config, train
+    cfg = load_config(Path(__file__).parent.parent / "configs" / "digits.yaml",
+                      [*TINY, "trainer.max_steps=3", "lightning.sample_every_n_steps=0", "lightning.judge_samples=0"])
+    run = tmp_path_factory.mktemp("tiny") / "run"
+    train(cfg, run, judge=False)
+    return run / "checkpoints" / "last.ckpt"
+
+
+def test_trajectory_of_a_checkpoint_is_the_engines_own_sample(tiny_ckpt):
+    from diffexplore.cli import load_engine
+    engine = load_engine(tiny_ckpt)
+    dm = DigitsDataModule()
+    data, labels = dm.train_images(), dm.train_labels()
+    assert engine.sample_shape == (1, 8, 8) and model_classes(engine) == 10
+    path = trajectory(engine, engine.sampler, data, labels, class_label=4, seed=9)
+    assert torch.equal(path["final"].clamp(-1, 1), engine.generate(1, class_labels=[4], seed=9))   # sampling_path changes nothing
+    assert torch.equal(path["sigma"], engine.sampler.get_sigmas()[:-1]) and (path["gap"] > 0).all()
+    assert torch.equal(path["D*"][2], ExactDenoiser(data, labels)(path["x"][2], path["sigma"][2], {"vector": torch.tensor([4])}))
+    ex = TrajectoryExplorer(engine, "exact", data=data, labels=labels, num_steps=5, scale=1.0, class_label=4)
+    assert ex.P == 2 and (ex.paths[0]["gap"] > 0).all() and (ex.paths[1]["gap"] < 1e-6).all()
+    assert ex.label(0).startswith("a: engine") and ex.label(1).startswith("b: exact D*")
+    with pytest.raises(ValueError, match=r"a samples images of shape \(1, 8, 8\)"):
+        TrajectoryExplorer(engine, data=torch.zeros(10, 1, 16, 16), labels=torch.zeros(10, dtype=torch.long))
+    with pytest.raises(ValueError, match="class_label=10"): TrajectoryExplorer(engine, data=data, labels=labels, class_label=10)
+
+
+def test_trajectory_explorer_unconditional_model(labelled):
+    "An unconditional model: no class, no guidance, D* over all images (labels given or not), and 'exact' follows a."
+    data, labels = labelled
+    ex = TrajectoryExplorer(ExactDenoiser(data), "exact", data=data, labels=labels, num_steps=6, scale=3.0)
+    assert ex.classes is None and ex.class_label is None and model_classes(ex.models[1]) is None
+    assert all((p["gap"] == 0).all() and p["class_label"] is None for p in ex.paths)   # scale ignored: D is D* of all images
+    assert repr(ex) == "TrajectoryExplorer(samplers=('HeunEDMSampler', 'HeunEDMSampler'), step=5)"
+    with pytest.raises(ValueError, match="class_label=2"): trajectory(ExactDenoiser(data), make_sampler(), data, labels, class_label=2)

@@ -13,12 +13,10 @@ from diffexplore.denoiser import Denoiser
 from diffexplore.scalings import EDMScaling
 from diffexplore.weightings import EDMWeighting
 from diffexplore.sigma_sampling import EDMSampling
+from _runs import TINY, NO_FLOOR
 
 CONFIG = Path(__file__).parent.parent / "configs" / "digits_edm2.yaml"
-TINY = ["model.params.network_config.params.diffusion_model.params.preset=tiny",
-        "model.params.network_config.params.diffusion_model.params.class_embed_dim=64",
-        "model.params.conditioner_config.params.emb_models.0.params.embed_dim=64",
-        "model.params.sampler_config.params.num_steps=4"]
+TINY = [*TINY, *NO_FLOOR]   # the floor evaluations are tested in test_excess_loss.py
 U = "loss_fn.logvar.weight"
 
 

@@ -1,5 +1,6 @@
 "LiveTrainingView and fit_in_background on real (toy) training runs; the pure functions behind the widget."
-import glob, math, os, time, warnings
+import glob, json, math, os, time, warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -371,3 +372,178 @@ def test_progress_bar_warning():
     with pytest.warns(UserWarning, match="enable_progress_bar=False"):
         handle = fit_in_background(t, toy_engine(), train_dataloaders=toy_batches())
     assert handle.join(timeout=120) and handle.exception is None
+
+
+# --- the σ-bucket panel: floor, excess, eval loss, EDM2's u (fake metrics until the engine logs them) ---------------
+import diffexplore.live
+from diffexplore.live import BUCKET_METRICS, bucket_curve, last_finite, gpu_or_skip
+from diffexplore.engine import sigma_bucket_names
+from diffexplore.loss import LearnedWeightingLoss
+
+class FakeTrainer:
+    "What the view reads from a Trainer: the global step, the metrics dict Lightning keeps, the checkpoint callback."
+    def __init__(self): self.global_step, self.callback_metrics, self.checkpoint_callback, self.should_stop = 0, {}, None, False
+
+class FakeModule: sigma_bucket_edges = (0.01, 0.1, 1.0, 10.0)
+
+def fake_run(view, steps=40, eval_every=10, with_u=True):
+    "Drive the view's hooks as Lightning does, with the per-bucket metrics the engine logs (floors constant per run)."
+    t, m, names = FakeTrainer(), FakeModule(), sigma_bucket_names()
+    view.on_train_start(t, m)
+    for s in range(1, steps + 1):
+        view.on_train_batch_start(t, m, None, s - 1)                      # keeps the previous step's values, as in a fit
+        t.global_step, d = s, {"train/loss": torch.tensor(1.0 / s), "train/lr": torch.tensor(1e-3)}
+        for i, b in enumerate(names):
+            floor = 0.1 * (i + 1)
+            d[f"loss_sigma/{b}"] = torch.tensor(floor + 1.0 / s)
+            if s % eval_every == 0:        # `engine.ExcessLoss` evaluates every few steps; the floor comes along
+                d |= {f"eval_loss_sigma/{b}": torch.tensor(floor + 1.5 / s), f"floor_sigma/{b}": torch.tensor(floor),
+                      f"excess_sigma/{b}": torch.tensor(1.5 / s), f"excess_ema_sigma/{b}": torch.tensor(1.2 / s),
+                      f"excess_stderr_sigma/{b}": torch.tensor(0.01)}     # not drawn
+            if with_u: d |= {f"logvar_sigma/{b}": torch.tensor(math.log(floor) - 1.0 / s), f"weighted_error_sigma/{b}": torch.tensor(floor)}
+        t.callback_metrics = d     # a new dict and new tensors every step: every value is logged in its step
+        view.on_train_batch_end(t, m, {"loss": d["train/loss"]}, None, s - 1)
+    view.on_train_end(t, m)
+    return names
+
+def test_bucket_curve_floor_level_and_exp_u():
+    x, y = bucket_curve("floor", [3, 4, 5], [math.nan, 0.2, math.nan])
+    assert x.tolist() == [3.0, 5.0] and y.tolist() == [0.2, 0.2]
+    assert bucket_curve("exp_u", [1, 2], [0.0, math.log(3.0)])[1] == pytest.approx([1.0, 3.0])
+    assert bucket_curve("excess", list(range(10)), list(range(10)), 4)[0].tolist() == [0, 3, 6, 9]
+    assert math.isnan(last_finite([math.nan, math.inf])) and last_finite([1, 2, math.nan]) == 2
+
+def test_bucket_panel_draws_floor_excess_eval_and_u_per_bucket():
+    view = LiveTrainingView(sample_every_n_steps=None, min_interval_s=0)
+    titles = [a.text for a in view.fig.layout.annotations]
+    assert sum("(not logged)" in t for t in titles) == 2                      # excess and EDM2 panels, until logged
+    names = fake_run(view, steps=40)
+    assert view.errors == 0 and view.steps == list(range(1, 41))
+    assert not any("(not logged)" in a.text for a in view.fig.layout.annotations)
+    tr = view.traces
+    for i, b in enumerate(names):
+        floor, loss = tr[f"floor_sigma/{b}"], tr[f"loss_sigma/{b}"]
+        assert f"excess_stderr_sigma/{b}" not in tr
+        assert list(floor.x) == [1, 40] and list(floor.y) == pytest.approx([0.1 * (i + 1)] * 2) and floor.line.dash == "dash"
+        assert floor.line.color == loss.line.color == tr[f"logvar_sigma/{b}"].line.color        # one colour per bucket
+        assert (floor.xaxis, floor.yaxis) == (loss.xaxis, loss.yaxis)                          # the floor sits beside the loss
+        assert np.all(np.asarray(loss.y) > floor.y[0])                                          # here the loss stays above it
+        ev = np.asarray(tr[f"eval_loss_sigma/{b}"].y, float)
+        assert tr[f"eval_loss_sigma/{b}"].mode == "markers" and np.flatnonzero(np.isfinite(ev)).tolist() == [9, 19, 29, 39]
+        np.testing.assert_allclose(tr[f"logvar_sigma/{b}"].y, [0.1 * (i + 1) * math.exp(-1.0 / s) for s in range(1, 41)], rtol=1e-6)
+        assert tr[f"weighted_error_sigma/{b}"].yaxis == tr[f"logvar_sigma/{b}"].yaxis != loss.yaxis   # e^u beside the weighted error
+        ex, ex_ema = (np.asarray(tr[f"{k}_sigma/{b}"].y, float) for k in ("excess", "excess_ema"))
+        np.testing.assert_allclose(ex[9::10], [1.5 / s for s in (10, 20, 30, 40)], rtol=1e-6)
+        np.testing.assert_allclose(ex_ema[9::10], [1.2 / s for s in (10, 20, 30, 40)], rtol=1e-6)
+        assert np.isnan(ex[:9]).all() and tr[f"excess_sigma/{b}"].connectgaps and tr[f"excess_ema_sigma/{b}"].line.dash == "dot"
+        assert tr[f"excess_sigma/{b}"].yaxis != loss.yaxis
+    assert sum(t.showlegend is not False for t in view.fig.data if t.type == "scatter") == 2 + len(names)   # loss, smoothed, one per bucket
+
+def test_without_u_the_edm2_panel_says_not_logged():
+    view = LiveTrainingView(sample_every_n_steps=None, min_interval_s=0)
+    fake_run(view, steps=5, eval_every=5, with_u=False)
+    assert [a.text for a in view.fig.layout.annotations if "(not logged)" in a.text] == ["EDM2: weighted error, ··· e^u(σ) (not logged)"]
+    assert not any(k.startswith("logvar_sigma/") for k in view.traces)
+
+def test_edm2_learned_weighting_logs_reach_the_panel():
+    "A real fit with `LearnedWeightingLoss`: u per bucket is drawn as e^u, beside the weighted error."
+    pl.seed_everything(0, verbose=False)
+    m = DiffusionEngine(TinyNet(), Denoiser(EDMScaling(0.5)), LearnedWeightingLoss(EDMSampling(), EDMWeighting(0.5), logvar_channels=8), lr=3e-3)
+    view = LiveTrainingView(sample_every_n_steps=None)
+    trainer(20, view).fit(m, train_dataloaders=toy_batches())
+    u = np.asarray(view.series["logvar_sigma/sigma_0.1-1"])
+    assert view.errors == 0 and np.isfinite(u).all()
+    np.testing.assert_allclose(view.traces["logvar_sigma/sigma_0.1-1"].y, np.exp(u), rtol=1e-6)
+    assert np.isfinite(view.traces["weighted_error_sigma/sigma_0.1-1"].y).all()
+
+def test_redrawing_all_bucket_metrics_stays_cheap():
+    "38 curves of up to 2,000 points: a redraw costs milliseconds, and `push_interval` spaces redraws so that they take ≤ 1 % of the time."
+    view = LiveTrainingView(sample_every_n_steps=None, min_interval_s=0)
+    fake_run(view, steps=3000, eval_every=50)
+    assert len([t for t in view.fig.data if t.type == "scatter"]) == 3 + 7 * 5 and view.errors == 0
+    t = time.perf_counter()
+    for _ in range(5): view._draw()
+    per_draw = (time.perf_counter() - t) / 5
+    assert per_draw < 0.1, per_draw                  # ~3 ms here; even 0.1 s would be redrawn only every 10 s (`push_interval`)
+
+
+# --- the grid budget: visible, changeable --------------------------------------------------------------------------
+def test_grid_budget_is_in_the_status_line_and_changeable():
+    view = LiveTrainingView()
+    assert (view.sample_every_n_steps, view.max_sample_fraction) == (200, 0.05)
+    assert "grids: every 200 steps, ≤ 5 % of the time" in view.status.value and "view.max_sample_fraction" in view.status.value
+    view.max_sample_fraction, view.sample_every_n_steps = 0.2, 50
+    assert "grids: every 50 steps, ≤ 20 % of the time" in view._status_text()
+    view.max_sample_fraction = None
+    assert "no time limit" in view._grid_text()
+    with pytest.raises(ValueError, match="max_sample_fraction=2"): view.max_sample_fraction = 2
+    with pytest.raises(ValueError, match="sample_every_n_steps=-1"): view.sample_every_n_steps = -1
+    assert view.max_sample_fraction is None and view.sample_every_n_steps == 50          # a refused value changes nothing
+    view.sample_every_n_steps = 0
+    assert "grids: off" in view._grid_text()
+
+def test_changing_the_budget_during_a_fit_takes_effect():
+    "Grids (0.3 s each, toy steps of ~5 ms) over 5 % are skipped; raising the budget mid-fit lets the next ones through."
+    view = LiveTrainingView(sample_every_n_steps=5, n_samples=2, max_sample_fraction=0.05)
+    class Raise(pl.Callback):
+        def on_train_batch_end(self, trainer, *a):
+            if trainer.global_step == 20: view.max_sample_fraction = None
+    trainer(30, SlowGrids(0.3, 0.005), Raise(), view).fit(toy_engine(sampler=EulerEDMSampler(num_steps=2)), train_dataloaders=toy_batches())
+    # step 5 drawn (a fit's first grid always is); 10 and 15 skipped (0.3 s of < 1 s); from step 20 on (`Raise` runs
+    # before the view) no limit: 20, 25, 30 drawn
+    assert (view.samples_drawn, view.samples_skipped, view.errors) == (4, 2, 0)
+    assert "4 drawn, 2 skipped" in view.status.value
+
+
+# --- quiet background fits -----------------------------------------------------------------------------------------
+def _datamodule_with_val():
+    "A datamodule with a validation split and no validation_step: Lightning warns about it at every fit."
+    class DM(pl.LightningDataModule):
+        def train_dataloader(self): return toy_batches()
+        def val_dataloader(self): return toy_batches(64)
+    return DM()
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_background_fit_is_quiet(capfd, caplog, tmp_path, quiet):
+    "Nothing from the libraries under the view: no val-loop warning, no deprecations, no tips, no model-summary table."
+    from lightning.pytorch.callbacks import OnExceptionCheckpoint   # as in `diffexplore train`: Lightning then warns of no "last" checkpoint
+    with warnings.catch_warnings(record=True) as caught:             # the fit thread's warnings land here when shown
+        if not quiet: warnings.simplefilter("always")                # shown even where an earlier quiet fit hid it for good
+        t = pl.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=True, enable_progress_bar=False,
+                       enable_model_summary=True, default_root_dir=str(tmp_path),
+                       callbacks=[LiveTrainingView(sample_every_n_steps=None), OnExceptionCheckpoint(str(tmp_path))])
+        capfd.readouterr(); caplog.clear(); caught.clear()           # Trainer(...)'s own lines are not the fit's
+        handle = fit_in_background(t, toy_engine(), datamodule=_datamodule_with_val(), quiet=quiet)
+        assert handle.join(120) and handle.exception is None
+    out = "".join(capfd.readouterr()) + caplog.text + "\n".join(str(w.message) for w in caught)
+    noisy = ["validation_step", "Total params", "no last checkpoint"]   # Lightning's val-loop warning, summary table, "last" warning
+    if quiet: assert not any(s in out for s in noisy) and "Tip:" not in out and "deprecated" not in out, out
+    else: assert all(s in out for s in noisy), out                   # the same fit, not quiet, shows them: the check can fail
+    assert any(type(c).__name__ == "ModelSummary" for c in t.callbacks)   # the trainer's callbacks are left as they were
+
+
+# --- GPU cells on a CPU: one line each, no traceback -----------------------------------------------------------------
+NBS = Path(__file__).resolve().parents[1] / "nbs"
+
+def _cells(name):
+    return [("".join(c["source"])) for c in json.loads((NBS / name).read_text())["cells"] if c["cell_type"] == "code"]
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks what the GPU cells do without a GPU")
+@pytest.mark.parametrize("name", ["17_live.ipynb", "18_live_gpu.ipynb"])
+def test_gpu_cells_say_in_one_line_that_they_need_a_gpu(name, capsys):
+    "Run All in JupyterLab also runs the `#| eval: false` cells: on a CPU each must print one line and raise nothing."
+    cells = _cells(name)
+    gpu = [c for c in cells if c.startswith("#| eval: false")]
+    assert len(gpu) == 2 and all("gpu_or_skip(" in c for c in gpu)
+    imports = [c for c in cells if all(l.startswith(("import ", "from ")) or not l.strip() or l.startswith("#")
+                                       for l in c.splitlines()) and ("import" in c)]
+    ns = dict(vars(diffexplore.live))                               # what 17_live defines (it is the module's notebook)
+    for c in imports: exec(c, ns)
+    for c in gpu:
+        capsys.readouterr()
+        exec(c, ns)                                                   # raises on CPU if a cell is not guarded
+        assert capsys.readouterr().out.splitlines() == ["the GPU run needs a CUDA GPU; skipped on this CPU machine"], c[:80]
+
+def test_gpu_or_skip(capsys):
+    assert gpu_or_skip("x") == torch.cuda.is_available()
+    assert capsys.readouterr().out == ("" if torch.cuda.is_available() else "x needs a CUDA GPU; skipped on this CPU machine\n")

@@ -5,12 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 from diffexplore.cli import main, load_config, build_engine, load_engine, shipped_configs
+from _runs import TINY, NO_FLOOR
 
 CONFIGS = Path(__file__).parent.parent / "configs"
-TINY = ["model.params.network_config.params.diffusion_model.params.preset=tiny",
-        "model.params.network_config.params.diffusion_model.params.class_embed_dim=64",
-        "model.params.conditioner_config.params.emb_models.0.params.embed_dim=64",
-        "model.params.sampler_config.params.num_steps=4"]
+TINY = [*TINY, *NO_FLOOR]   # the floor evaluations are tested in test_excess_loss.py
 # name -> the (scaling, σ sampler, weighting) classes the config must build
 RECIPES = {"digits_flow": ("RectifiedFlowScaling", "LogitNormalSampling", "RectifiedFlowWeighting"),
            "digits_minsnr": ("EDMScaling", "EDMSampling", "MinSNRWeighting")}

@@ -15,12 +15,10 @@ from diffexplore.data import (DigitsDataModule, DictDataset, FashionMNISTDataMod
 from diffexplore.first_stage import IdentityFirstStage
 from diffexplore.cli import (ConfigError, SigmaDataWarning, build_engine, check_sigma_data, load_config, main,
                              sigma_data_auto_keys)
+from _runs import TINY, NO_FLOOR
 
 CONFIG = Path(__file__).parent.parent / "configs" / "digits.yaml"
-TINY = ["model.params.network_config.params.diffusion_model.params.preset=tiny",
-        "model.params.network_config.params.diffusion_model.params.class_embed_dim=64",
-        "model.params.conditioner_config.params.emb_models.0.params.embed_dim=64",
-        "model.params.sampler_config.params.num_steps=4"]
+TINY = [*TINY, *NO_FLOOR]   # the floor evaluations are tested in test_excess_loss.py
 SHORT = ["trainer.max_steps=2", "lightning.sample_every_n_steps=0", "lightning.checkpoint_every_n_steps=0",
          "lightning.judge_samples=0", "trainer.enable_progress_bar=false", *TINY]
 AUTO_KEYS = ["model.params.denoiser_config.params.scaling_config.params.sigma_data",
@@ -135,10 +133,9 @@ def test_implied_sigma_data():
 
 @pytest.mark.parametrize("name", ["TrigFlowScaling", "ConsistencyBoundaryScaling", "SoftMinSNRWeighting", "CosineSampling"])
 def test_implied_sigma_data_of_newer_components(name):
-    "Components built on a data std report their `sigma_data` attribute (skipped where the class does not exist yet)."
+    "Components built on a data std report their `sigma_data` attribute."
     from diffexplore import sigma_sampling
-    cls = next((getattr(m, name) for m in (scalings, weightings, sigma_sampling) if hasattr(m, name)), None)
-    if cls is None: pytest.skip(f"{name} is not in diffexplore yet")
+    cls = next(getattr(m, name) for m in (scalings, weightings, sigma_sampling) if hasattr(m, name))
     obj = cls(sigma_data=0.66)
     assert implied_sigma_data(obj) == pytest.approx(0.66)
 
