@@ -255,13 +255,12 @@ def test_scaling_explorer_log_sigma_over_sigma_data_axis(digits):
     assert repr(ScalingExplorer(scalings=("V",), x0=digits, n_points=5, x_axis="log_sigma_over_sigma_data")).endswith("x_axis='log_sigma_over_sigma_data')")
 
 
+
 def test_updates_send_one_message_with_every_value(digits, monkeypatch):
     "One restyle message per change, a value for every trace (no 'undefined' that the frontend would turn into a deletion)."
     from plotly.basedatatypes import Undefined
     ex = ScalingExplorer(x0=digits, n_points=40)
-    sent = []
-    for name in ("_send_restyle_msg", "_send_update_msg", "_send_relayout_msg"):
-        monkeypatch.setattr(ex.fig, name, lambda *a, _n=name, **k: sent.append((_n, a, k)))
+    sent = _sent(ex.fig, monkeypatch)
     ex.sigma_slider.value = 0.3
     assert [m[0] for m in sent] == ["_send_restyle_msg"]
     data, = sent[0][1]
@@ -431,9 +430,7 @@ def test_design_space_explorer_user_config_and_errors(digits):
 def test_design_space_sigma_move_sends_one_restyle(digits, monkeypatch):
     from plotly.basedatatypes import Undefined
     ex = DesignSpaceExplorer(x0=digits, n_points=30)
-    sent = []
-    for name in ("_send_restyle_msg", "_send_update_msg", "_send_relayout_msg"):
-        monkeypatch.setattr(ex.fig, name, lambda *a, _n=name, **k: sent.append((_n, a, k)))
+    sent = _sent(ex.fig, monkeypatch)
     ex.sigma_slider.value = 0.3
     assert [m[0] for m in sent] == ["_send_restyle_msg"]
     data, = sent[0][1]
@@ -534,7 +531,8 @@ def two_paths(labelled):
     return TrajectoryExplorer("exact", data=data, labels=labels, scale=1.0, scale_b=3.0, class_label=3, num_steps=10, step=2)
 
 
-def _sent(fig, monkeypatch):
+def _sent(fig, monkeypatch) -> list:
+    "The list each message `fig` sends to the browser (restyle, update, relayout) is appended to, as (kind, args, kwargs)."
     sent = []
     for name in ("_send_restyle_msg", "_send_update_msg", "_send_relayout_msg"):
         monkeypatch.setattr(fig, name, lambda *a, _n=name, **k: sent.append((_n, a, k)))
