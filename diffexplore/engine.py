@@ -827,14 +827,14 @@ def _key(self: ExcessLoss, engine, z: Tensor, y: Tensor | None) -> dict:
 @patch
 def _floor(self: ExcessLoss, engine, z: Tensor, y: Tensor | None) -> dict:
     """{bucket: {"floor", "stderr", "n", "mass"}} for the buckets with mass: from the checkpoint's callback state or `path`
-    when their key matches, else computed (`floor.bucket_floor`, on the CPU, global RNG untouched) and written to `path`."""
+    when their key matches, else computed (`floor.bucket_floor` on the engine's device with draws made on the CPU, so the same on any device; global RNG untouched) and written to `path`."""
     key = self._key(engine, z, y)
     saved = json.loads(self.path.read_text()) if self.path is not None and self.path.is_file() else None
     for source, c in (("checkpoint", self.cache), (str(self.path), saved)):
         if c is not None and c.get("key") == key: self.cache, self.floor_source = c, source; return c["buckets"]
     lf, t0 = engine.loss_fn, time.perf_counter()
     with torch.random.fork_rng(devices=[]):
-        rows = bucket_floor(z, lf.sigma_sampler, engine.sigma_bucket_edges, n_per_bucket=self.n_per_bucket, weighting=lf.loss_weighting,
+        rows = bucket_floor(z.to(engine.device), lf.sigma_sampler, engine.sigma_bucket_edges, n_per_bucket=self.n_per_bucket, weighting=lf.loss_weighting,
                             labels=y, p_uncond=key["p_uncond"], seed=self.seed)
     buckets = {b: {"floor": float(r["floor"]), "stderr": float(r["stderr"]), "n": int(r["n"]), "mass": float(r["mass"])}
                for b, r in zip(sigma_bucket_names(engine.sigma_bucket_edges), rows) if math.isfinite(r["floor"])}

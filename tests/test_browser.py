@@ -198,6 +198,7 @@ LAST_VIEW = """() => { const b = [...document.querySelectorAll('.jp-NotebookPane
   const box = b.closest('.widget-vbox'), gd = box && box.querySelector('.js-plotly-plot');
   const loss = gd && (gd.data || []).find(t => t.name === 'loss');
   return {status: box.querySelector('.widget-html-content').innerText, disabled: b.disabled, points: loss && loss.x ? loss.x.length : 0}; }"""
+STEP = "s => { const m = /step (\\d+)/.exec(s); return m ? parseInt(m[1]) : -1; }"   # as `_step`, in the page
 ERRORS = """() => [...document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]')]
   .map(e => [e.closest('.jp-Cell').querySelector('.jp-InputArea-editor').innerText.slice(0, 80), e.innerText])"""
 
@@ -262,12 +263,15 @@ def test_live_view_run_all_train_stop_in_jupyterlab(jupyter_lab):
             page.wait_for_function(f"() => {{ const v = ({LAST_VIEW})(); return v && /step \\d+/.test(v.status) && v.points > 0; }}",
                                    timeout=120_000, polling=500)
             first = page.evaluate(LAST_VIEW)
-            page.wait_for_function(f"() => {{ const v = ({LAST_VIEW})(); return v.points > {first['points']}; }}", timeout=120_000, polling=500)
+            # the loss trace and the status line are two widget messages: wait until both have moved on
+            page.wait_for_function(f"() => {{ const v = ({LAST_VIEW})(); return v.points > {first['points']} && ({STEP})(v.status) > {_step(first['status'])}; }}",
+                                   timeout=120_000, polling=500)
             grown = page.evaluate(LAST_VIEW)
             assert _step(grown["status"]) > _step(first["status"]) >= 1 and not grown["disabled"], (first, grown)
             assert "grids: every 200 steps, ≤ 5 % of the time" in grown["status"]
             page.locator(f"{NB} .jupyter-widgets button", has_text="Stop").last.click()
-            page.wait_for_function(f"() => /stopped, saved/.test(({LAST_VIEW})().status)", timeout=120_000, polling=500)
+            page.wait_for_function(f"() => {{ const v = ({LAST_VIEW})(); return /stopped, saved/.test(v.status) && v.points === ({STEP})(v.status); }}",
+                                   timeout=120_000, polling=500)
             stopped = page.evaluate(LAST_VIEW)
             step = _step(stopped["status"])
             assert stopped["disabled"] and step >= _step(grown["status"]) and stopped["points"] == step
