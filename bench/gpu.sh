@@ -25,13 +25,17 @@
 #                 of its checkpoint (eager bf16); ARGS go to `diffexplore train` (e.g. --no-fast compile)
 #   live          bench/live_view_gpu.py: nbs/18_live_gpu.ipynb executed headless (--blocks 20 --view-kw '{...}')
 #   refit         bench/refit_cudagraphs.py: two fits of one engine on different threads (--variants bg-main,...)
+#   study         `diffexplore study --config configs/study_fashion.yaml` (run_study) with the data in FASHION_MNIST_ROOT,
+#                 only the recipes in STUDY_RECIPES (default all), seeds STUDY_SEEDS (default the config's) and
+#                 STUDY_STEPS steps (default the config's), until the deadline; the cells' cell.json/summary.json and
+#                 the summary (written from the cells done, also after a timeout) come back, the checkpoints do not
 #   floor         bench/loss_floor_time.py on the GPU: the exact loss floor of Fashion-MNIST's 60,000 training images
 #                 for the main job's σ buckets (ARGS go to it, e.g. --subset 20000)
 # Two tasks on two GPUs at once: one call of
 #   CUDA_VISIBLE_DEVICES=0 bash bench/gpu.sh fashion $OUT/gpu0 & CUDA_VISIBLE_DEVICES=1 bash bench/gpu.sh live $OUT/gpu1; wait
 # Exits 2 for an unknown task (listing them), else with the last task's exit status.
 set -uo pipefail
-TASKS="cifar10 latent sampling accumulation syncs throughput ddp fashion live refit floor"
+TASKS="cifar10 latent sampling accumulation syncs throughput ddp fashion live refit floor study"
 usage() { echo "usage: bash bench/gpu.sh TASK[,TASK...] OUT [ARGS...]; tasks: $TASKS" >&2; exit 2; }
 [ $# -ge 2 ] || usage
 tasks=${1//,/ }; out=$2; shift 2
@@ -80,6 +84,22 @@ task_syncs() { py bench/host_syncs.py --out "$out/syncs" "$@"; }
 task_live() { py bench/live_view_gpu.py --out "$out/live" "$@"; }
 task_refit() { py bench/refit_cudagraphs.py --out "$out/refit" "$@"; }
 task_floor() { py bench/loss_floor_time.py --data fashion_mnist --device cuda "$@"; }
+task_study() {   # the cells run in /tmp (checkpoints stay there); their JSON files and the summary come back
+  local cfg=/tmp/study_fashion.yaml run=/tmp/study_fashion; mkdir -p "$out/study"
+  "$PY" - "$cfg" <<'PYEOF'
+import os, sys, yaml
+s = yaml.safe_load(open("configs/study_fashion.yaml"))
+s["shared"].append("data.params.root=" + os.environ.get("FASHION_MNIST_ROOT", "/usr/share/datasets/fashion-mnist"))
+if os.environ.get("STUDY_STEPS"): s["shared"].append("trainer.max_steps=" + os.environ["STUDY_STEPS"])
+if os.environ.get("STUDY_RECIPES"): s["recipes"] = {k: s["recipes"][k] for k in os.environ["STUDY_RECIPES"].split(",")}
+if os.environ.get("STUDY_SEEDS"): s["seeds"] = [int(x) for x in os.environ["STUDY_SEEDS"].split(",")]
+yaml.safe_dump(s, open(sys.argv[1], "w"), sort_keys=False, allow_unicode=True)
+PYEOF
+  py -c "import sys; from diffexplore.cli import main; sys.exit(main(sys.argv[1:]))" study --config "$cfg" --out "$run" "$@"
+  "$PY" -c "import sys; from diffexplore.study import run_study; run_study(sys.argv[1], sys.argv[2], report_only=True)" "$cfg" "$run"
+  (cd "$run" && find . -name cell.json -o -name summary.json -o -name 'study.*' -o -name train.log | tar cf - -T - | tar xf - -C "$out/study")
+  return 0
+}
 
 ddp() {   # one bench/ddp_scaling.py run; `timeout` leads its own process group, ended afterwards (ranks left behind)
   local t; t=$(left 10); if [ "$t" -lt 60 ]; then stamp "skip ddp $*: ${t}s left"; return; fi

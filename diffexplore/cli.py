@@ -10,13 +10,14 @@ from pathlib import Path
 from omegaconf import OmegaConf, DictConfig
 
 # %% auto #0
-__all__ = ['TRAINER_SECTIONS', 'SECTION_KEYS', 'LIGHTNING_KEYS', 'SGM_LIGHTNING_KEYS', 'REFUSED', 'SIGMA_DATA_TOLERANCE',
-           'CLI_TRAINER_KEYS', 'TRAINER_MINIMUMS', 'SGM_CALLBACKS', 'SAMPLERS', 'QUIETED', 'NO_FAST', 'ConfigError',
-           'shipped_configs', 'resolve_config', 'apply_overrides', 'check_sections', 'load_config', 'build_engine',
-           'build_data', 'check_compatible', 'sigma_data_auto_keys', 'resolve_sigma_data', 'measure_sigma_data',
-           'SigmaDataWarning', 'sigma_data_components', 'check_sigma_data', 'trainer_kwargs', 'sgm_callbacks',
-           'run_callbacks', 'make_trainer', 'learning_rate', 'ema_summary', 'train', 'read_metrics', 'plot_losses',
-           'judge_run', 'load_engine', 'set_sampler', 'sample', 'quiet_libraries', 'main']
+__all__ = ['TRAINER_SECTIONS', 'POSTHOC_EMA_KEYS', 'SECTION_KEYS', 'LIGHTNING_KEYS', 'SGM_LIGHTNING_KEYS', 'REFUSED',
+           'SIGMA_DATA_TOLERANCE', 'CLI_TRAINER_KEYS', 'TRAINER_MINIMUMS', 'SGM_CALLBACKS', 'SAMPLERS', 'QUIETED',
+           'NO_FAST', 'ConfigError', 'shipped_configs', 'resolve_config', 'apply_overrides', 'check_sections',
+           'load_config', 'build_engine', 'build_data', 'check_compatible', 'sigma_data_auto_keys',
+           'resolve_sigma_data', 'measure_sigma_data', 'SigmaDataWarning', 'sigma_data_components', 'check_sigma_data',
+           'trainer_kwargs', 'sgm_callbacks', 'run_callbacks', 'make_trainer', 'learning_rate', 'ema_summary', 'train',
+           'read_metrics', 'plot_losses', 'judge_run', 'load_engine', 'set_sampler', 'sample', 'posthoc_ema_checkpoint',
+           'quiet_libraries', 'main']
 
 # %% ../nbs/14_cli.ipynb #c480f66b
 class ConfigError(ValueError):
@@ -90,7 +91,14 @@ def _split_override(o: str) -> tuple[str, str]:
     if not eq or not _KEY.fullmatch(key): raise ConfigError(f"override must look like key=value with a dotted key (model.params.lr=3e-4); got {o!r}")
     return key, value
 
-def _is_lightning_key(key: str) -> bool: return key.startswith("lightning.") and key[len("lightning."):] in LIGHTNING_KEYS
+POSTHOC_EMA_KEYS = ("sigma_rels", "every_n_steps")
+"The keys of `lightning.posthoc_ema` (module `phema`, below)."
+
+def _is_lightning_key(key: str) -> bool:
+    "A `lightning.` key of `LIGHTNING_KEYS`, or one of `lightning.posthoc_ema`'s (`POSTHOC_EMA_KEYS`)."
+    if not key.startswith("lightning."): return False
+    name = key[len("lightning."):]
+    return name in LIGHTNING_KEYS or (name.startswith("posthoc_ema.") and name[len("posthoc_ema."):] in POSTHOC_EMA_KEYS)
 
 def apply_overrides(cfg: DictConfig, # the base config
                     overrides: list[str], # dotted `key=value` strings; list items by index (`emb_models.0.params.embed_dim=64`)
@@ -114,7 +122,7 @@ SECTION_KEYS = {"": ("seed", "model", "data", "trainer", "lightning"), "model": 
                 "data": ("target", "params")}
 "The keys a config may hold at its top level and in its `model` and `data` sections."
 LIGHTNING_KEYS = {"checkpoint_every_n_steps": 500, "sample_every_n_steps": 1000, "samples_per_class": 8, "judge_samples": 0,
-                  "sigma_data_batches": 100, "floor_every_n_steps": 200}
+                  "sigma_data_batches": 100, "floor_every_n_steps": 200, "posthoc_ema": None}
 "diffexplore's own `lightning:` keys and their defaults."
 SGM_LIGHTNING_KEYS = ("trainer", "callbacks", "modelcheckpoint", "strategy")
 "sgm's `lightning:` keys (`main.py`) that `diffexplore train` honours."
@@ -443,12 +451,14 @@ def _loggers(run_dir: Path, resume_step: int = 0):
 
 def run_callbacks(cfg, run_dir: Path, num_classes=None, engine=None) -> list:
     """The run's callbacks: checkpoints (`_checkpoint`, `InterruptCheckpoint`, `FinalCheckpoint`), sgm's callbacks,
-    diffexplore's sample grids unless an image logger replaces them, and the excess loss over the floor (`_excess_loss_callback`).
+    diffexplore's sample grids unless an image logger replaces them, the excess loss over the floor
+    (`_excess_loss_callback`), and first of all the post-hoc EMA (`_posthoc_ema_callback`).
     Raises `ConfigError` naming a bad key."""
     from diffexplore.engine import InterruptCheckpoint, FinalCheckpoint, SampleGridCallback, ImageLogger
     l, ckpt_dir = _lightning(cfg), run_dir / "checkpoints"
     ckpt, sgm = _checkpoint(cfg, ckpt_dir), sgm_callbacks(cfg, ckpt_dir, engine)
-    out = [ckpt, InterruptCheckpoint(dirpath=str(ckpt_dir), filename="interrupted"),
+    phema = _posthoc_ema_callback(cfg, run_dir)
+    out = [*([phema] if phema is not None else []), ckpt, InterruptCheckpoint(dirpath=str(ckpt_dir), filename="interrupted"),
            FinalCheckpoint(ckpt_dir / "last.ckpt", every_n_steps=ckpt._every_n_train_steps if ckpt.save_last else 0), *sgm]
     if "sample_every_n_steps" in l or not any(isinstance(c, ImageLogger) for c in sgm):
         out.append(SampleGridCallback(run_dir / "samples", every_n_steps=int(l.get("sample_every_n_steps", LIGHTNING_KEYS["sample_every_n_steps"])),
@@ -475,6 +485,25 @@ def _excess_loss_callback(cfg, run_dir: Path, engine=None):
     from diffexplore.engine import ExcessLoss
     if _excess_loss_off(cfg, engine): return None
     return ExcessLoss(every_n_steps=_floor_every_n_steps(cfg), path=Path(run_dir) / "floor.json")
+
+# %% ../nbs/14_cli.ipynb #06d652ce
+def _posthoc_ema_callback(cfg, run_dir: Path):
+    """`phema.PostHocEMA` writing to `RUN/phema` as `lightning.posthoc_ema` says, or None when it is unset/null.
+    Raises `ConfigError` naming the key for a value that is not a mapping of `POSTHOC_EMA_KEYS` or that `PostHocEMA` refuses."""
+    l, at = _lightning(cfg), "lightning.posthoc_ema"
+    p = l.get("posthoc_ema")
+    if p is None or p is False: return None
+    if not isinstance(p, dict): raise ConfigError(f"{at} must be a mapping like {{sigma_rels: [0.05, 0.10], every_n_steps: 1000}}; got {at}={p!r}")
+    _check_keys(at, list(p), POSTHOC_EMA_KEYS)
+    every = p.get("every_n_steps", l.get("checkpoint_every_n_steps", LIGHTNING_KEYS["checkpoint_every_n_steps"]))
+    sigma_rels = p.get("sigma_rels", [0.05, 0.10])
+    if not isinstance(sigma_rels, list) or not all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in sigma_rels):
+        raise ConfigError(f"{at}.sigma_rels must be a list of numbers; got {at}.sigma_rels={sigma_rels!r}")
+    if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+        raise ConfigError(f"{at}.every_n_steps must be an int >= 0; got {at}.every_n_steps={every!r}")
+    from diffexplore.phema import PostHocEMA
+    try: return PostHocEMA(sigma_rels=sigma_rels, every_n_steps=every, dirpath=Path(run_dir) / "phema")
+    except ValueError as e: raise ConfigError(f"{at}.sigma_rels={sigma_rels!r}: {e}") from e
 
 # %% ../nbs/14_cli.ipynb #e92ec4fe
 def make_trainer(cfg: DictConfig, run_dir: Path, num_classes=None, extra_callbacks=(), engine=None, fast_off=(),
@@ -567,7 +596,7 @@ def train(cfg: DictConfig, # a loaded config (see `load_config`)
           judge: bool = True, # judge samples with a classifier trained on the real data when the data has classes
           fast_off=(), # fast GPU settings to turn off: names from `engine.FAST_SWITCHES`, or "all"
           scale_lr: bool = False, # sgm's --scale_lr: scale model.base_learning_rate (see `learning_rate`)
-         ) -> dict: # summary: steps, final loss, learning rate, EMA decay, paths, excess loss over the floor, judge results
+         ) -> dict: # summary: steps, final loss, learning rate, EMA decay, paths, excess loss over the floor, post-hoc EMA snapshots, judge results
     """Train the run `cfg` describes into `run_dir`, its `sigma_data: auto` resolved first (`_sigma_data_for_run`).
     Raises `ConfigError` before training for config problems (and then writes nothing), `NonFiniteLossError`
     (after saving nothing new) when the loss becomes NaN/inf."""
@@ -594,6 +623,10 @@ def train(cfg: DictConfig, # a loaded config (see `load_config`)
                **lr, **ema_summary(engine.model_ema if engine.use_ema else None), "checkpoint": str(run_dir / "checkpoints" / "last.ckpt"), "run_dir": str(run_dir), **sigma_data}
     excess = next((c for c in trainer.callbacks if type(c).__name__ == "ExcessLoss"), None)
     summary["excess_loss"] = excess.summary() if excess is not None else {"off": _excess_loss_off(cfg, engine)}
+    phema = next((c for c in trainer.callbacks if type(c).__name__ == "PostHocEMA"), None)
+    if phema is not None:   # every snapshot in RUN/phema, also those written before a resume
+        steps = sorted(int(p.stem[len("phema-"):]) for p in Path(phema.dirpath).glob("phema-*.safetensors"))
+        summary["posthoc_ema"] = {"dir": str(phema.dirpath), "snapshots": steps, "sigma_rels": list(phema.sigma_rels)}
     plot_losses(run_dir)
     n_judge = int(_lightning(cfg).get("judge_samples", LIGHTNING_KEYS["judge_samples"]))
     if judge and n_judge > 0 and getattr(dm, "num_classes", None): summary["judge"] = judge_run(engine, dm, n_judge, run_dir, progress=True)
@@ -688,6 +721,28 @@ def sample(ckpt, n: int, out, cfg_scale=None, class_label=None, sampler=None, nu
     imgs = engine.generate(n, class_labels=labels, use_ema=use_ema, seed=seed)
     return save_image_grid(imgs, out, nrow=min(n, 10))
 
+# %% ../nbs/14_cli.ipynb #613fadb9
+def posthoc_ema_checkpoint(run_dir, # a run trained with `lightning.posthoc_ema` (holds checkpoints/last.ckpt and phema/)
+                           sigma_rel: float, # the EMA width wanted, in `phema.SIGMA_REL_RANGE`
+                           out, # the checkpoint file to write
+                           step: int = None, # a snapshot's step (default: the last)
+                          ) -> dict:
+    """Write a checkpoint of the run's model with the post-hoc EMA of width `sigma_rel` in its raw and EMA weights
+    (`phema.load_posthoc`); returns {out, sigma_rel, gamma, step, snapshots}. Raises `ConfigError` without
+    `RUN/checkpoints/last.ckpt`, and what `phema.posthoc_state_dict` raises (no snapshots, σ_rel out of range)."""
+    import torch
+    from diffexplore.phema import load_posthoc, sigma_rel_to_gamma, _snapshots_up_to
+    last = Path(run_dir) / "checkpoints" / "last.ckpt"
+    if not last.is_file(): raise ConfigError(f"no checkpoint to build on: --run {run_dir} has no checkpoints/last.ckpt")
+    engine = load_posthoc(load_engine(last), run_dir, sigma_rel, step)
+    used = _snapshots_up_to(run_dir, step)
+    ck = torch.load(last, map_location="cpu", weights_only=False)
+    info = {"sigma_rel": float(sigma_rel), "gamma": sigma_rel_to_gamma(sigma_rel), "step": used[-1]["step"], "snapshots": len(used)}
+    keep = ("diffexplore_config", "sample_shape", "global_step", "epoch", "pytorch-lightning_version")
+    ck = {k: ck[k] for k in keep if k in ck} | {"state_dict": engine.state_dict(), "posthoc_ema": info}
+    Path(out).parent.mkdir(parents=True, exist_ok=True); torch.save(ck, out)
+    return {"out": str(out), **info}
+
 # %% ../nbs/14_cli.ipynb #6149955e
 QUIETED = ("You passed in a `val_dataloader` but have no `validation_step`", "'set_vital' is deprecated",
            "`isinstance(treespec, LeafSpec)` is deprecated")
@@ -737,6 +792,15 @@ def _parser():
     s.add_argument("--num-steps", type=int, default=None, help="sampler steps, >= 1 (default: the run's)")
     s.add_argument("--seed", type=int, default=0, help="seed of the initial noise (default 0)")
     s.add_argument("--no-ema", action="store_true", help="sample with the raw weights instead of their EMA")
+    h = sub.add_parser("posthoc-ema", help="a checkpoint with the post-hoc EMA of any width, from a run's phema/ snapshots")
+    h.add_argument("--run", required=True, help="run dir trained with lightning.posthoc_ema (holds phema/ and checkpoints/last.ckpt)")
+    h.add_argument("--sigma-rel", type=float, required=True, help="EMA width σ_rel (EDM2), in [0.01, 0.25]; the run stores e.g. 0.05 and 0.10")
+    h.add_argument("--out", required=True, help="checkpoint file to write, for `diffexplore sample --ckpt`")
+    h.add_argument("--step", type=int, default=None, help="a snapshot's step to reconstruct at (default: the last)")
+    y = sub.add_parser("study", help="run a study: several short runs and a report")
+    y.add_argument("--config", required=True, help="a study YAML (e.g. configs/study_digits.yaml)")
+    y.add_argument("--out", default=None, help="output folder of the study")
+    y.add_argument("--report-only", action="store_true", help="write the report from the runs already there, train nothing")
     return p
 
 def _parse_args(argv):
@@ -755,6 +819,13 @@ def _check_sample_args(args):
     if Path(args.out).suffix.lower() != ".png": raise ConfigError(f"--out must be a .png file; got --out {args.out}")
     if not Path(args.ckpt).is_file(): raise ConfigError(f"checkpoint not found: --ckpt {args.ckpt}")
 
+def _check_posthoc_args(args):
+    "The `posthoc-ema` arguments, checked before torch is imported: σ_rel in range, snapshots in the run dir."
+    lo, hi = 0.01, 0.25   # phema.SIGMA_REL_RANGE (a test checks that they are equal)
+    if not lo <= args.sigma_rel <= hi: raise ConfigError(f"--sigma-rel must be in [{lo}, {hi}]; got --sigma-rel {args.sigma_rel}")
+    if not any((Path(args.run) / "phema").glob("phema-*.safetensors")):
+        raise ConfigError(f"--run {args.run} has no post-hoc EMA snapshots (phema/phema-*.safetensors); train it with lightning.posthoc_ema set")
+
 def _train_config(args) -> tuple[DictConfig, Path]:
     "The checked config of a `train` command and its run dir; imports no torch unless an override names a key the file lacks."
     config = args.config
@@ -768,6 +839,15 @@ def _command(args) -> int:
         _check_sample_args(args)
         print(f"wrote {sample(args.ckpt, args.n, args.out, args.cfg_scale, args.class_label, args.sampler, args.num_steps, args.seed, use_ema=not args.no_ema)}")
         return 0
+    if args.cmd == "posthoc-ema":
+        _check_posthoc_args(args)
+        r = posthoc_ema_checkpoint(args.run, args.sigma_rel, args.out, args.step)
+        print(f"wrote {r['out']}: post-hoc EMA sigma_rel={r['sigma_rel']:g} (gamma={r['gamma']:.2f}) at step {r['step']} "
+              f"from {r['snapshots']} snapshots in {Path(args.run) / 'phema'}, in the raw and the EMA weights")
+        return 0
+    if args.cmd == "study":
+        from diffexplore.study import run_study
+        print(json.dumps(run_study(args.config, args.out, report_only=args.report_only), indent=2)); return 0
     cfg, run_dir = _train_config(args)
     with quiet_libraries(args.verbose):
         summary = train(cfg, run_dir, resume=args.resume, judge=not args.no_judge, fast_off=args.no_fast, scale_lr=args.scale_lr)

@@ -135,9 +135,11 @@ def train_dataloader(self: ImageDataModule) -> DataLoader:
     n = len(self.train_images())
     if self.drop_last and n < self.batch_size:
         raise ValueError(f"batch_size={self.batch_size} is larger than the {n} training images; with drop_last=True no batch would be produced")
+    # its own generator: starting an iterator draws a base seed (for workers) from it, not from the global RNG, which a
+    # run resumed at an epoch's end would otherwise see drawn once more than the straight run (the noise then differs)
     return StatefulDataLoader(DictDataset(*self._data_split("train")), batch_size=self.batch_size,
                               sampler=EpochShuffleSampler(n, self.seed) if self.shuffle else None, drop_last=self.drop_last,
-                              **self._worker_args())
+                              generator=torch.Generator().manual_seed(self.seed), **self._worker_args())
 
 @patch
 def val_dataloader(self: ImageDataModule) -> DataLoader: return self._loader("val", shuffle=False, drop_last=False)

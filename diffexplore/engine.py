@@ -745,13 +745,14 @@ def weighted_errors(engine: DiffusionEngine, x0: Tensor, # clean (latent) images
                     labels: Tensor = None, # class labels [M] for a class-conditional engine
                     p_uncond: float = 0.0, # weight of the unconditional branch: (1 − p)·conditional + p·unconditional
                     batch_size: int = 128, # draws per forward; CPU convolutions pay seconds for each new, larger batch shape
+                    weighting=None, # λ(σ) callable; None: the engine's loss weighting (`UnitWeighting()`: the plain D-space error)
                    ) -> Tensor: # float64 [M] on the CPU
     """Per-sample λ(σ)·mean((D(x0 + σ·ε, σ) − x0)²) of the engine's network as it is (raw or inside `ema_scope`), in eval
     mode, conditioned without dropout: with p_uncond > 0 the same draws also go through the unconditional branch (the
     learned null class or zeroed embedding, as `conditionings` gives it for sampling) and the two are mixed as training
     mixes them. Images and noise go in the network's dtype (bf16 under Lightning's `bf16-true`, as its training batches do).
     The plain weighted error also for `LearnedWeightingLoss` (its u does not enter)."""
-    was_training, out = engine.training, []
+    was_training, out, lam = engine.training, [], engine.loss_fn.loss_weighting if weighting is None else weighting
     dtype = next((p.dtype for p in engine.model.parameters() if p.is_floating_point()), torch.float32)   # bf16 under `bf16-true`, as training's inputs
     engine.eval()
     try:
@@ -761,7 +762,7 @@ def weighted_errors(engine: DiffusionEngine, x0: Tensor, # clean (latent) images
             c, uc = engine.conditionings({"cls": labels[sl].to(engine.device)} if labels is not None else {}, len(x))
             err = lambda cond: ((engine.denoiser(engine.model, add_noise(x, n, s), s, cond).float() - x.float()) ** 2).flatten(1).mean(1)
             e = err(c) if p_uncond == 0 else (1 - p_uncond) * err(c) + p_uncond * err(uc)
-            out.append((engine.loss_fn.loss_weighting(s).float() * e).double().cpu())
+            out.append((lam(s).float() * e).double().cpu())
     finally: engine.train(was_training)
     return torch.cat(out)
 

@@ -48,3 +48,13 @@ def test_readme_names_the_tests_that_skip():
                 if re.search(r"skipif\([^\n]*(chromium|CHROMIUM|FASHION)|^pytestmark = needs_browser", p.read_text(), flags=re.M)]
     assert {"test_browser.py", "test_docs_site.py", "test_data.py"} <= set(skipping), skipping
     assert not [n for n in skipping if n not in readme], f"README does not name {[n for n in skipping if n not in readme]}"
+
+
+def test_readme_study_and_posthoc_commands_parse():
+    "README's `diffexplore study` and `diffexplore posthoc-ema` lines parse, and the study config they name loads."
+    from diffexplore.study import load_study_config
+    cmds = [w for w in readme_commands() if w[:2] in (["diffexplore", "study"], ["diffexplore", "posthoc-ema"])]
+    assert {w[1] for w in cmds} == {"study", "posthoc-ema"}, cmds
+    for words in cmds:
+        args = _parse_args(words[1:])
+        if args.cmd == "study": assert len(load_study_config(ROOT / args.config).recipes) == 7
