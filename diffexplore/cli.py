@@ -11,13 +11,13 @@ from omegaconf import OmegaConf, DictConfig
 
 # %% auto #0
 __all__ = ['TRAINER_SECTIONS', 'POSTHOC_EMA_KEYS', 'SECTION_KEYS', 'LIGHTNING_KEYS', 'SGM_LIGHTNING_KEYS', 'REFUSED',
-           'SIGMA_DATA_TOLERANCE', 'CLI_TRAINER_KEYS', 'TRAINER_MINIMUMS', 'SGM_CALLBACKS', 'SAMPLERS', 'QUIETED',
-           'NO_FAST', 'ConfigError', 'shipped_configs', 'resolve_config', 'apply_overrides', 'check_sections',
-           'load_config', 'build_engine', 'build_data', 'check_compatible', 'sigma_data_auto_keys',
+           'SIGMA_DATA_TOLERANCE', 'CLI_TRAINER_KEYS', 'TRAINER_MINIMUMS', 'SGM_CALLBACKS', 'SAMPLERS', 'EXPORT_FORMAT',
+           'QUIETED', 'NO_FAST', 'ConfigError', 'shipped_configs', 'resolve_config', 'apply_overrides',
+           'check_sections', 'load_config', 'build_engine', 'build_data', 'check_compatible', 'sigma_data_auto_keys',
            'resolve_sigma_data', 'measure_sigma_data', 'SigmaDataWarning', 'sigma_data_components', 'check_sigma_data',
            'trainer_kwargs', 'sgm_callbacks', 'run_callbacks', 'make_trainer', 'learning_rate', 'ema_summary', 'train',
-           'read_metrics', 'plot_losses', 'judge_run', 'load_engine', 'set_sampler', 'sample', 'posthoc_ema_checkpoint',
-           'quiet_libraries', 'main']
+           'read_metrics', 'plot_losses', 'judge_run', 'load_engine', 'set_sampler', 'export_weights', 'sample',
+           'posthoc_ema_checkpoint', 'quiet_libraries', 'main']
 
 # %% ../nbs/14_cli.ipynb #c480f66b
 class ConfigError(ValueError):
@@ -308,7 +308,7 @@ def _sigma_data_for_run(cfg, dm, resume=None) -> tuple[DictConfig, dict, float |
     est = None if m is None else {"sigma_data": float(f"{m['value']:.4g}"), "sigma_data_source": "the data's " + what}
     data_sigma = None if m is None else m["value"]
     if not keys: return cfg, est or {}, data_sigma
-    saved = OmegaConf.create(torch.load(resume, map_location="cpu", weights_only=False, mmap=True).get("diffexplore_config") or {}) if resume else {}
+    saved = OmegaConf.create(torch.load(resume, map_location="cpu", weights_only=True, mmap=True).get("diffexplore_config") or {}) if resume else {}
     old = [OmegaConf.select(saved, k) for k in keys] if resume else []
     if old and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in old):
         cfg = cfg.copy()
@@ -610,7 +610,7 @@ def train(cfg: DictConfig, # a loaded config (see `load_config`)
     engine = build_engine(cfg)
     check_compatible(engine, dm)
     sigma_data["sigma_data_components"] = check_sigma_data(engine, data_sigma)   # one SigmaDataWarning when a component is > 25 % off
-    resume_step = torch.load(resume, map_location="cpu", weights_only=False, mmap=True)["global_step"] if resume else 0
+    resume_step = torch.load(resume, map_location="cpu", weights_only=True, mmap=True)["global_step"] if resume else 0
     trainer = make_trainer(cfg, run_dir, num_classes=getattr(dm, "num_classes", None), engine=engine, fast_off=fast_off,
                            resume_step=resume_step)
     lr = learning_rate(cfg, engine, trainer, dm, scale_lr)
@@ -680,11 +680,27 @@ def judge_run(engine, dm, n_samples: int, run_dir=None, batch: int = 250, seed: 
 # %% ../nbs/14_cli.ipynb #6cc297cd
 SAMPLERS = ("EulerEDMSampler", "HeunEDMSampler", "EulerAncestralSampler", "DPMPP2MSampler")
 
+def _refused_pickle(e: Exception) -> str:
+    "The line of `torch.load(weights_only=True)`'s refusal that names what it refused (PyTorch's message is a page)."
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+    return next((l for l in lines if "global" in l.lower()), lines[-1] if lines else type(e).__name__)
+
 def load_engine(ckpt, map_location="cpu"):
-    "Rebuild the engine from the config saved in a checkpoint and load its weights (EMA included)."
-    import torch
-    ck = torch.load(ckpt, map_location=map_location, weights_only=False)
-    if "diffexplore_config" not in ck: raise ConfigError(f"{ckpt} has no saved config; was it written by `diffexplore train`?")
+    """Rebuild the engine from the config saved in a checkpoint and load its weights (EMA included).
+    A `.safetensors` file written by `export_weights` is read without pickle (`_load_safetensors`). Otherwise the file is read with `torch.load(weights_only=True)`, PyTorch's restricted unpickler (tensors, dicts, lists,
+    tuples, numbers, strings; https://pytorch.org/docs/stable/notes/serialization.html#weights-only): our checkpoints
+    hold nothing else (the engine stores its RNG states as tensors, `engine.DiffusionEngine.on_save_checkpoint`). Every
+    target of the saved config is then checked against the allow-list (`core.check_targets`) before anything is built;
+    a user's own classes need `core.trusted_modules` (`--allow-module`). Raises `ConfigError` for a file that holds a
+    pickled object of another class or has no saved config, `core.TargetNotAllowed` for a refused target (issue 15, item 7)."""
+    import pickle, torch
+    from diffexplore.core import check_targets
+    if str(ckpt).endswith(".safetensors"): return _load_safetensors(ckpt, map_location)
+    try: ck = torch.load(ckpt, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ConfigError(f"{ckpt} holds more than weights and plain values, and is not loaded (torch.load weights_only=True: {_refused_pickle(e)})") from None
+    if not isinstance(ck, dict) or "diffexplore_config" not in ck: raise ConfigError(f"{ckpt} has no saved config; was it written by `diffexplore train`?")
+    check_targets(ck["diffexplore_config"], "diffexplore_config")
     engine = build_engine(OmegaConf.create(ck["diffexplore_config"]))
     engine.load_state_dict(ck["state_dict"])
     engine.on_load_checkpoint(ck)
@@ -703,6 +719,51 @@ def set_sampler(engine, sampler: str = None, num_steps: int = None, cfg_scale: f
     if cfg_scale is not None: s.guider = sampling.VanillaCFG(cfg_scale)
     engine.sampler = s
     return engine
+
+# %% ../nbs/14_cli.ipynb #98208ee9
+EXPORT_FORMAT = "diffexplore-weights/1"
+"The `format` entry of an exported file's safetensors metadata."
+
+def export_weights(ckpt, # a checkpoint written by `diffexplore train` (or `posthoc-ema`)
+                   out, # the `.safetensors` file to write
+                   use_ema: bool = True, # the network's EMA weights (sgm samples with them); False: the raw weights
+                  ) -> dict: # {"out", "tensors", "ema", "global_step"}
+    """Write the engine of `ckpt` as safetensors: every weight but the EMA's own copies, the network's taken from the EMA
+    when `use_ema`; the metadata (strings, as safetensors requires) holds `format`, the config as JSON, `sample_shape` and
+    `global_step`. Raises `ConfigError` for an `out` not ending in `.safetensors`, and what `load_engine` raises.
+    Source: safetensors' `safetensors.torch.save_file` (https://huggingface.co/docs/safetensors)."""
+    import torch
+    from safetensors.torch import save_file
+    if not str(out).endswith(".safetensors"): raise ConfigError(f"--out must be a .safetensors file; got --out {out}")
+    engine, step = load_engine(ckpt), int(torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get("global_step", 0))
+    with engine.ema_scope(use_ema): sd = {k: v.detach().cpu().contiguous().clone() for k, v in engine.state_dict().items() if not k.startswith("model_ema.")}
+    meta = {"format": EXPORT_FORMAT, "diffexplore_config": json.dumps(engine.config), "sample_shape": json.dumps(engine.sample_shape),
+            "global_step": str(step), "ema": str(bool(use_ema and engine.use_ema))}
+    Path(out).parent.mkdir(parents=True, exist_ok=True); save_file(sd, str(out), metadata=meta)
+    return {"out": str(out), "tensors": len(sd), "ema": meta["ema"] == "True", "global_step": step}
+
+def _load_safetensors(path, map_location="cpu"):
+    """The engine of an `export_weights` file: its config checked (`core.check_targets`) and built, its weights loaded
+    into the network and the EMA's copies. Raises `ConfigError` for a safetensors file without diffexplore's metadata."""
+    from safetensors import safe_open
+    from diffexplore.core import check_targets
+    with safe_open(str(path), framework="pt", device=str(map_location)) as f:
+        meta, sd = f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
+    if meta.get("format") != EXPORT_FORMAT: raise ConfigError(f"{path} was not written by `diffexplore export` (metadata format={meta.get('format')!r})")
+    config = json.loads(meta["diffexplore_config"])
+    check_targets(config, "diffexplore_config")
+    engine = build_engine(OmegaConf.create(config))
+    missing, unexpected = engine.load_state_dict(sd, strict=False)
+    if unexpected or any(not k.startswith("model_ema.") for k in missing):
+        raise ConfigError(f"{path} does not fit its config: missing {[k for k in missing if not k.startswith('model_ema.')][:3]}, unexpected {unexpected[:3]}")
+    if engine.use_ema: _ema_from(engine)
+    engine.sample_shape = tuple(json.loads(meta.get("sample_shape") or "null") or ()) or None
+    return engine.eval()
+
+def _ema_from(engine):
+    "Set the EMA's copies to the network's weights (an exported file holds one set)."
+    params = dict(engine.model.named_parameters())
+    for name, shadow in zip(engine.model_ema._names, engine.model_ema.shadows()): shadow.copy_(params[name].detach())
 
 # %% ../nbs/14_cli.ipynb #2195d2be
 def sample(ckpt, n: int, out, cfg_scale=None, class_label=None, sampler=None, num_steps=None, seed=0, use_ema=True) -> Path:
@@ -736,7 +797,7 @@ def posthoc_ema_checkpoint(run_dir, # a run trained with `lightning.posthoc_ema`
     if not last.is_file(): raise ConfigError(f"no checkpoint to build on: --run {run_dir} has no checkpoints/last.ckpt")
     engine = load_posthoc(load_engine(last), run_dir, sigma_rel, step)
     used = _snapshots_up_to(run_dir, step)
-    ck = torch.load(last, map_location="cpu", weights_only=False)
+    ck = torch.load(last, map_location="cpu", weights_only=True)
     info = {"sigma_rel": float(sigma_rel), "gamma": sigma_rel_to_gamma(sigma_rel), "step": used[-1]["step"], "snapshots": len(used)}
     keep = ("diffexplore_config", "sample_shape", "global_step", "epoch", "pytorch-lightning_version")
     ck = {k: ck[k] for k in keep if k in ck} | {"state_dict": engine.state_dict(), "posthoc_ema": info}
@@ -768,6 +829,9 @@ def quiet_libraries(verbose: bool = False):
 NO_FAST = ("bf16", "tf32", "benchmark", "compile", "cuda_graphs", "async_checks")
 "`--no-fast` choices: the names of `engine.FAST_SWITCHES`, written here so that parsing the arguments imports no torch (a test checks that they are equal)."
 
+_ALLOW_HELP = ("trust the classes and functions defined in MODULE (your own components) as config targets, repeatable; "
+               "without it a target must be a diffexplore, sgm-mapped, diffusers model, Lightning callback or torch.nn class")
+
 def _parser():
     p = argparse.ArgumentParser(prog="diffexplore", description="Train and sample diffusion models the sgm way.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -781,6 +845,7 @@ def _parser():
     t.add_argument("--scale-lr", "--scale_lr", dest="scale_lr", action="store_true",
                    help="sgm's --scale_lr: lr = accumulate_grad_batches * GPUs * batch_size * model.base_learning_rate")
     t.add_argument("--verbose", action="store_true", help="keep the library messages a run cannot act on (Lightning's tips, deprecations)")
+    t.add_argument("--allow-module", action="append", default=[], metavar="MODULE", help=_ALLOW_HELP)
     t.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. trainer.max_steps=100")
     s = sub.add_parser("sample", help="sample from a checkpoint into a PNG grid")
     s.add_argument("--ckpt", required=True, help="checkpoint written by `diffexplore train` (e.g. RUN/checkpoints/last.ckpt)")
@@ -792,11 +857,18 @@ def _parser():
     s.add_argument("--num-steps", type=int, default=None, help="sampler steps, >= 1 (default: the run's)")
     s.add_argument("--seed", type=int, default=0, help="seed of the initial noise (default 0)")
     s.add_argument("--no-ema", action="store_true", help="sample with the raw weights instead of their EMA")
+    s.add_argument("--allow-module", action="append", default=[], metavar="MODULE", help=_ALLOW_HELP)
     h = sub.add_parser("posthoc-ema", help="a checkpoint with the post-hoc EMA of any width, from a run's phema/ snapshots")
     h.add_argument("--run", required=True, help="run dir trained with lightning.posthoc_ema (holds phema/ and checkpoints/last.ckpt)")
     h.add_argument("--sigma-rel", type=float, required=True, help="EMA width σ_rel (EDM2), in [0.01, 0.25]; the run stores e.g. 0.05 and 0.10")
     h.add_argument("--out", required=True, help="checkpoint file to write, for `diffexplore sample --ckpt`")
     h.add_argument("--step", type=int, default=None, help="a snapshot's step to reconstruct at (default: the last)")
+    h.add_argument("--allow-module", action="append", default=[], metavar="MODULE", help=_ALLOW_HELP)
+    x = sub.add_parser("export", help="the weights of a checkpoint as safetensors, to share (EMA weights, config in the metadata)")
+    x.add_argument("--ckpt", required=True, help="checkpoint written by `diffexplore train` (e.g. RUN/checkpoints/last.ckpt)")
+    x.add_argument("--out", required=True, help="the .safetensors file to write; `diffexplore sample --ckpt` reads it")
+    x.add_argument("--no-ema", action="store_true", help="export the raw weights instead of their EMA")
+    x.add_argument("--allow-module", action="append", default=[], metavar="MODULE", help=_ALLOW_HELP)
     y = sub.add_parser("study", help="run a study: several short runs and a report")
     y.add_argument("--config", required=True, help="a study YAML (e.g. configs/study_digits.yaml)")
     y.add_argument("--out", default=None, help="output folder of the study")
@@ -835,6 +907,13 @@ def _train_config(args) -> tuple[DictConfig, Path]:
     return cfg, Path(args.run_dir) if args.run_dir else Path(args.resume).parent.parent if args.resume else Path("runs") / Path(config).stem
 
 def _command(args) -> int:
+    """Run the parsed command; `--allow-module` opts the user's own modules in for the whole command
+    (`core.trusted_modules`), so it covers a training config's targets and a checkpoint's saved config alike."""
+    if not getattr(args, "allow_module", None): return _run_command(args)   # no torch import for argument errors
+    from diffexplore.core import trusted_modules
+    with trusted_modules(*args.allow_module): return _run_command(args)
+
+def _run_command(args) -> int:
     if args.cmd == "sample":
         _check_sample_args(args)
         print(f"wrote {sample(args.ckpt, args.n, args.out, args.cfg_scale, args.class_label, args.sampler, args.num_steps, args.seed, use_ema=not args.no_ema)}")
@@ -845,10 +924,16 @@ def _command(args) -> int:
         print(f"wrote {r['out']}: post-hoc EMA sigma_rel={r['sigma_rel']:g} (gamma={r['gamma']:.2f}) at step {r['step']} "
               f"from {r['snapshots']} snapshots in {Path(args.run) / 'phema'}, in the raw and the EMA weights")
         return 0
+    if args.cmd == "export":
+        if not Path(args.ckpt).is_file(): raise ConfigError(f"checkpoint not found: --ckpt {args.ckpt}")
+        r = export_weights(args.ckpt, args.out, use_ema=not args.no_ema)
+        print(f"wrote {r['out']}: {r['tensors']} tensors ({'EMA' if r['ema'] else 'raw'} weights) at step {r['global_step']}, the config in its metadata"); return 0
     if args.cmd == "study":
         from diffexplore.study import run_study
         print(json.dumps(run_study(args.config, args.out, report_only=args.report_only), indent=2)); return 0
     cfg, run_dir = _train_config(args)
+    from diffexplore.core import check_targets
+    check_targets(cfg)   # every target of the config, before data, model or callbacks are built
     with quiet_libraries(args.verbose):
         summary = train(cfg, run_dir, resume=args.resume, judge=not args.no_judge, fast_off=args.no_fast, scale_lr=args.scale_lr)
     print(json.dumps(summary, indent=2)); return 0

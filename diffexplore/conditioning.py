@@ -193,14 +193,14 @@ def _drop_masks(embedders, batch: Mapping, joint: bool, generator=None) -> list:
     return [mask if emb.ucg_rate > 0 else None for emb in embedders]
 
 # %% ../nbs/09_conditioning.ipynb #88f1c5a1
-def _embed(emb: AbstractEmbModel, x, drop: Tensor | None, force_zero: bool = False) -> list[Tensor]:
-    "Outputs of `emb` on `x` (a list of tensors), with dropped samples handled as described above."
-    null = emb.null_input(x) if force_zero else (_null_value(emb, x) if drop is not None and bool(drop.any()) else None)
-    if null is not None: x = _replace(x, drop if not force_zero else torch.ones(_batch_size(x), dtype=torch.bool), null)
+def _embed(emb: AbstractEmbModel, x, drop: Tensor | None, force: bool = False) -> list[Tensor]:
+    "Outputs of `emb` on `x` (a list of tensors), dropped samples handled as above; `force` drops them all (the `ucg_rate = 1` path)."
+    if force: drop = torch.ones(_batch_size(x), dtype=torch.bool)
+    null = _null_value(emb, x) if drop is not None and bool(drop.any()) else None
+    if null is not None: x = _replace(x, drop, null)
     with (nullcontext() if emb.is_trainable else torch.no_grad()): out = emb(x)
     outs = list(out) if isinstance(out, (list, tuple)) else [out]
     if not all(isinstance(o, Tensor) for o in outs): raise TypeError(f"{type(emb).__name__} must return tensors; got {type(out).__name__}")
-    if force_zero and null is None: return [torch.zeros_like(o) for o in outs]
     if drop is not None and null is None: outs = [_zero(o, drop) for o in outs]
     return outs
 
@@ -218,8 +218,9 @@ class GeneralConditioner(nn.Module):
     `forward(batch, force_zero_embeddings=None, generator=None) -> {"vector": [B, D], "crossattn": [B, L, D],
     "concat": [B, C, H, W]}` (only the keys some embedder produces), outputs routed by rank (2/3/4-5) and
     concatenated on dims 1/2/1. In training mode each embedder with `ucg_rate > 0` drops a Bernoulli(ucg_rate)
-    subset of samples (one shared mask if `ucg_joint`). `force_zero_embeddings` lists input keys whose outputs
-    are zeroed (the learned null class for a `ClassEmbedder(learned_null=True)`).
+    subset of samples (one shared mask if `ucg_joint`). `force_zero_embeddings` lists input keys whose samples are
+    all dropped by training's rule: zeroed outputs, or the embedding of `legacy_ucg_value`, or the learned null class of
+    a `ClassEmbedder(learned_null=True)` (sgm zeroes them whatever the embedder trained with).
     Raises `TypeError` for an entry that is not an `AbstractEmbModel`, `ValueError` for a missing `input_key`,
     unequal rates under `ucg_joint`, unequal batch sizes, or an output of rank other than 2-5.
     Source: `sgm/modules/encoders/modules.py: GeneralConditioner`; Ho & Salimans 2022."""
@@ -247,7 +248,7 @@ class GeneralConditioner(nn.Module):
 # %% ../nbs/09_conditioning.ipynb #b6370bd7
 @patch
 def forward(self: GeneralConditioner, batch: Mapping, # dict holding every embedder's `input_key`
-            force_zero_embeddings: Sequence[str] | None = None, # input keys whose embeddings are zeroed (unconditional)
+            force_zero_embeddings: Sequence[str] | None = None, # input keys dropped in every sample, as at ucg_rate=1 (unconditional)
             generator: torch.Generator | None = None, # RNG of the dropout masks; default the global torch RNG
            ) -> dict:
     force, out = set(force_zero_embeddings or []), {}
@@ -260,10 +261,12 @@ def forward(self: GeneralConditioner, batch: Mapping, # dict holding every embed
 @patch
 def get_unconditional_conditioning(self: GeneralConditioner, batch_c: Mapping, # batch for the conditional branch
                                    batch_uc: Mapping | None = None, # batch for the unconditional branch; default `batch_c`
-                                   force_uc_zero_embeddings: Sequence[str] | None = None, # input keys zeroed in `uc`
-                                   force_cond_zero_embeddings: Sequence[str] | None = None, # input keys zeroed in `c`
+                                   force_uc_zero_embeddings: Sequence[str] | None = None, # input keys set to their training null in `uc`
+                                   force_cond_zero_embeddings: Sequence[str] | None = None, # input keys set to their training null in `c`
                                   ) -> tuple[dict, dict]: # (c, uc), each as `forward` returns it
-    "Conditional and unconditional conditioning for guidance, dropout off; every `ucg_rate` is restored afterwards (also on exception)."
+    """Conditional and unconditional conditioning for guidance, `(c, uc)`, dropout off; every `ucg_rate` is restored afterwards
+    (also on exception). A forced key gets the null its embedder trained with (see `forward`). Raises what `forward` raises.
+    Source: `sgm/modules/encoders/modules.py: GeneralConditioner.get_unconditional_conditioning`."""
     rates = [emb.ucg_rate for emb in self.embedders]
     try:
         for emb in self.embedders: emb.ucg_rate = 0.0

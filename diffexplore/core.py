@@ -4,15 +4,17 @@
 
 # %% ../nbs/00_core.ipynb #e958e3a3
 from __future__ import annotations
-import importlib, inspect, math, numbers, re
+import contextvars, importlib, inspect, math, numbers, re
+from contextlib import contextmanager
 from typing import Any, Callable, Mapping
 
 import torch
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['SGM_MODULES', 'SGM_CLASSES', 'OPENAIUNETWRAPPER', 'append_dims', 'as_sigma', 'check', 'unchecked', 'check_positive',
-           'check_int', 'Repr', 'resolve_target', 'get_obj_from_str', 'instantiate_from_config', 'seed_everything']
+__all__ = ['SGM_MODULES', 'SGM_CLASSES', 'OPENAIUNETWRAPPER', 'ALLOWED_COMPONENTS', 'FACTORIES', 'append_dims', 'as_sigma',
+           'check', 'unchecked', 'check_positive', 'check_int', 'Repr', 'resolve_target', 'TargetNotAllowed',
+           'trusted_modules', 'get_obj_from_str', 'check_targets', 'instantiate_from_config', 'seed_everything']
 
 # %% ../nbs/00_core.ipynb #4d4728f5
 def append_dims(x: Tensor, # tensor of shape `[B, ...]`, e.g. σ of shape `[B]`
@@ -121,6 +123,7 @@ SGM_MODULES = {
     "sgm.data.mnist": "diffexplore.data",        # MNISTLoader, reading local idx files
     "sgm.data.cifar10": "diffexplore.data",      # CIFAR10Loader, reading local python batches
     "pytorch_lightning.callbacks": "lightning.pytorch.callbacks",   # sgm's configs use Lightning's old package name
+    "pytorch_lightning.strategies": "lightning.pytorch.strategies",   # sgm's `lightning.strategy` (main.py)
 }
 "Map from sgm module paths to the diffexplore module holding the class of the same name."
 
@@ -136,17 +139,71 @@ def resolve_target(target: str) -> str:
     module, _, name = target.rpartition('.')
     return f"{SGM_MODULES[module]}.{name}" if module in SGM_MODULES else target
 
+# %% ../nbs/00_core.ipynb #2442ffa8
+ALLOWED_COMPONENTS = {
+    "diffexplore.": "diffexplore's classes (sgm's mapped paths among them)",
+    "diffusers.models.": "diffusers' model classes (UNet2DModel, AutoencoderKL)",
+    "lightning.pytorch.callbacks.": "Lightning's callbacks",
+    "lightning.pytorch.strategies.": "Lightning's strategies",
+    "torch.nn.modules.": "torch.nn's layer classes",
+}
+"Where a target's class may be defined (a prefix of its `__module__`), and what that module holds."
+
+FACTORIES = ("diffexplore.networks.build_unet", "diffexplore.networks.UNetModel")
+"The functions (not classes) a config may name: the network factories diffexplore ships."
+
+_PACKAGES = ("diffexplore", "diffusers", "lightning", "torch.nn")   # the only packages a target may make us import
+_TRUSTED = contextvars.ContextVar("diffexplore_trusted_modules", default=())
+
+class TargetNotAllowed(ValueError):
+    "A config's target that is not an allowed component (see `ALLOWED_COMPONENTS`); the message names it and the opt-in."
+
+@contextmanager
+def trusted_modules(*modules: str # dotted module names, e.g. "mypkg" (its submodules are trusted too)
+                   ):
+    """Within the block, targets may also name classes and functions defined in `modules`: the opt-in for a user's own
+    components (the CLI's `--allow-module`). Raises `ValueError` for a name that is not a dotted module name."""
+    for m in modules:
+        if not isinstance(m, str) or not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", m):
+            raise ValueError(f"allow_module must be a dotted module name like mypkg.models; got allow_module={m!r}")
+    token = _TRUSTED.set(_TRUSTED.get() + tuple(modules))
+    try: yield
+    finally: _TRUSTED.reset(token)
+
+# %% ../nbs/00_core.ipynb #57d87163
+def _under(name: str, prefixes) -> bool:
+    "Whether module `name` is one of `prefixes` or inside one (`torch.nn.modules.linear` is under `torch.nn`)."
+    return any(name == p.rstrip(".") or name.startswith(p.rstrip(".") + ".") for p in prefixes)
+
+def _allowed(path: str, obj) -> bool:
+    "Whether the object imported from `path` is a component: see `ALLOWED_COMPONENTS`, `FACTORIES`, `trusted_modules`."
+    where = getattr(obj, "__module__", None) or ""
+    if inspect.isfunction(obj) and (path in FACTORIES and _under(where, ["diffexplore"]) or _under(where, _TRUSTED.get())): return True
+    return inspect.isclass(obj) and _under(where, [*ALLOWED_COMPONENTS, *_TRUSTED.get()])
+
+def _refused(target: str, path: str) -> TargetNotAllowed:
+    via = f" (resolved to {path!r})" if path != target else ""
+    return TargetNotAllowed(f"target {target!r}{via} is not an allowed component (allowed: {'; '.join(ALLOWED_COMPONENTS.values())}; "
+                            f"the factories {', '.join(f.rpartition('.')[2] for f in FACTORIES)}); to use your own class "
+                            f"pass --allow-module <its module> (in Python: with trusted_modules('<its module>'))")
+
 # %% ../nbs/00_core.ipynb #d4bcf4b8
 def get_obj_from_str(target: str # dotted path `package.module.Name`; sgm paths are translated
                     ) -> Any:
-    "Import and return the object at `target`. Raises `ValueError` naming `target` if it cannot be found."
+    """Import and return the component at `target` (sgm paths translated by `resolve_target`). Raises
+    `TargetNotAllowed` (a `ValueError`) for a target that is not an allowed component: checked on the path before
+    anything is imported, then on the object; `ValueError` naming `target` if it cannot be found.
+    Source: `sgm/util.py: get_obj_from_str`, which imports any path; the allow-list is diffexplore's (issue 15, item 7)."""
     path = resolve_target(target)
     module, _, name = path.rpartition('.')
     if not module: raise ValueError(f"target must be a dotted path 'module.Name'; got target={target!r}")
-    try: return getattr(importlib.import_module(module), name)
+    if not _under(module, [*_PACKAGES, *_TRUSTED.get()]): raise _refused(target, path)
+    try: obj = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as e:
         via = f" (resolved to {path!r})" if path != target else ""
         raise ValueError(f"unknown target={target!r}{via}: {e}") from e
+    if not _allowed(path, obj): raise _refused(target, path)
+    return obj
 
 # %% ../nbs/00_core.ipynb #c72f8ea8
 def _is_config(v) -> bool: return isinstance(v, Mapping) and "target" in v
@@ -175,6 +232,26 @@ def _rename_sgm_params(cls, params: dict) -> dict:
     return out
 
 
+# %% ../nbs/00_core.ipynb #6c674a65
+def check_targets(config, # a config: mappings and lists, a `target` key where a component is built; or an OmegaConf container
+                  path: str = "", # its key path, named in errors
+                 ) -> None:
+    """Raise `TargetNotAllowed` (`model.params.network_config: target 'os.system' is not an allowed component ...`)
+    for the first target anywhere in `config` that `get_obj_from_str` refuses; unknown targets are left to the build,
+    which names them. Imports only allowed packages."""
+    if hasattr(config, "_metadata"):
+        from omegaconf import OmegaConf
+        config = OmegaConf.to_container(config, resolve=False)
+    at = lambda k: f"{path}.{k}" if path else str(k)
+    if isinstance(config, Mapping):
+        if isinstance(t := config.get("target"), str):
+            try: get_obj_from_str(t)
+            except TargetNotAllowed as e: raise TargetNotAllowed(f"{path}: {e}" if path else str(e)) from None
+            except ValueError: pass
+        for k, v in config.items(): check_targets(v, at(k))
+    elif isinstance(config, (list, tuple)):
+        for k, v in enumerate(config): check_targets(v, at(k))
+
 # %% ../nbs/00_core.ipynb #ba4293aa
 def instantiate_from_config(config: Mapping, # `{"target": "module.Class", "params": {...}}`; also an OmegaConf DictConfig
                             path: str = "", # the config's key path (e.g. "model"), named in errors
@@ -183,7 +260,8 @@ def instantiate_from_config(config: Mapping, # `{"target": "module.Class", "para
 
     sgm's class paths resolve to diffexplore's (see `SGM_MODULES`), and sgm's `foo_config` params are
     passed as `foo` where our class takes the built object. Also accepts sgm's special targets
-    `__is_first_stage__` and `__is_unconditional__` (returns `None`).
+    `__is_first_stage__` and `__is_unconditional__` (returns `None`). Every target is checked against the allow-list
+    first (`check_targets`): a refused one raises `TargetNotAllowed` naming its key path before anything is built.
     Raises `ValueError` for a missing/unknown `target`, `TypeError` for missing or unexpected params; an error a
     constructor raises is raised again with the key path of the param it names in front (`model.params....p_mean:
     could not convert string to float: 'abc'`), or the path of the object.
@@ -191,6 +269,7 @@ def instantiate_from_config(config: Mapping, # `{"target": "module.Class", "para
     if hasattr(config, "_metadata") or type(config).__name__ == "DictConfig":
         from omegaconf import OmegaConf
         config = OmegaConf.to_container(config, resolve=True)
+    check_targets(config, path)
     if not _is_config(config):
         if config in ("__is_first_stage__", "__is_unconditional__"): return None
         raise ValueError(f"config must be a mapping with a 'target' key; got config={config!r}")

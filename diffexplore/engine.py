@@ -468,21 +468,34 @@ def sample(self: DiffusionEngine, cond: dict, uc: dict = None, batch_size: int =
     finally: self.train(was_training)
 
 # %% ../nbs/11_engine.ipynb #ab619652
+@contextmanager
+def _seeded(seed: int | None, device: torch.device):
+    "Inside the block the global RNGs (CPU, and `device`'s when CUDA) start from `seed`; after it they are as before. None: no-op."
+    if seed is None: yield; return
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.random.default_generator.manual_seed(seed)
+        for i in cuda:
+            with torch.cuda.device(i): torch.cuda.manual_seed(seed)
+        yield
+
 @patch
 @torch.no_grad()
 def generate(self: DiffusionEngine, n: int, class_labels=None, use_ema: bool = True, seed: int = None) -> Tensor:
     """`n` images in data space (`[n, C, H, W]`, float32, clipped to [−1, 1]), decoded by the first stage.
 
     `class_labels`: int labels `[n]` (or one int) for a class-conditional model; the batch is `{"cls": labels}`.
-    A CFG guider in the sampler uses the conditioner's unconditional branch. `seed` fixes the initial noise.
-    Raises `ValueError` when `class_labels` has neither 1 nor `n` entries."""
+    A CFG guider in the sampler gets `uc` from `conditionings`: the null each embedder was trained with.
+    `seed` fixes every random draw of sampling (the initial noise, and the churn or ancestral noise a sampler draws from
+    torch's global RNG), whatever ran before in the process, and leaves the process's RNG state as it found it;
+    `seed=None` draws from the global RNG. Raises `ValueError` when `class_labels` has neither 1 nor `n` entries."""
     if class_labels is not None:
         class_labels = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1).expand(n) if torch.as_tensor(class_labels).numel() == 1 \
             else torch.as_tensor(class_labels, dtype=torch.long)
         if class_labels.shape != (n,): raise ValueError(f"class_labels must have {n} entries; got shape {tuple(class_labels.shape)}")
     c, uc = self.conditionings({"cls": class_labels.to(self.device)} if class_labels is not None else {}, n)
-    g = torch.Generator().manual_seed(seed) if seed is not None else None
-    z = self.sample(c, uc=uc, batch_size=n, use_ema=use_ema, generator=g)
+    with _seeded(seed, self.device):   # the initial noise comes from the seeded CPU stream, the sampler's later draws continue it
+        z = self.sample(c, uc=uc, batch_size=n, use_ema=use_ema)
     return self.decode_first_stage(z).clamp(-1, 1)
 
 # %% ../nbs/11_engine.ipynb #9d523c11
@@ -506,8 +519,12 @@ def log_images(self: DiffusionEngine, batch: dict, N: int = 8, sample: bool = Tr
 
 @patch
 def conditionings(self: DiffusionEngine, batch: dict, n: int):
-    """(c, uc) for sampling, without dropout: uc zeroes every embedder (the learned null class for a
-    `ClassEmbedder(learned_null=True)`), i.e. the fully unconditional branch that ucg dropout trains."""
+    """(c, uc) for sampling (`generate`, so also `log_images` and `diffexplore sample`), without dropout. `uc` drops every
+    embedder by the rule training's ucg dropout uses (`GeneralConditioner.forward` with all keys forced, i.e. its
+    `ucg_rate = 1` path): zeros, or the embedding of `legacy_ucg_value` (an empty caption, a null label), or the learned
+    null class of a `ClassEmbedder(learned_null=True)`, so CFG subtracts the null the model learned (sgm's `log_images`
+    zeroes every key instead; huggingface/diffusers #7920). `n`: the batch size (unused by a `GeneralConditioner`).
+    Source: `sgm/models/diffusion.py: log_images`; `sgm/modules/encoders/modules.py: GeneralConditioner`."""
     if self.conditioner is None: return {}, {}
     keys = [e.input_key for e in getattr(self.conditioner, "embedders", [])]
     return self.conditioner.get_unconditional_conditioning(batch, force_uc_zero_embeddings=keys)

@@ -583,13 +583,15 @@ def sampling_path(denoiser: Callable, # `denoiser(x [B, ...], sigma [B], cond) -
                   x: Tensor, # unit noise [B, ...] (the sampler scales it to σ_0)
                   cond: dict | None = None, # conditioning for the denoiser (e.g. `{"vector": ...}`)
                   uc: dict | None = None, # unconditional conditioning for a CFG guider
-                  seed: int = 0, # torch's RNG seed for the sampler's own noise (churn, ancestral steps); restored after
+                  seed: int = 0, # seed of the CPU stream x was drawn from: the sampler's own noise continues it; restored after
                  ) -> dict:
     """Run `sampler` once and record each of its N steps: σ_i, x_i (where D was evaluated) and the guided D_i.
 
     Returns CPU tensors in x's dtype: `"sigma"` [N] (σ_i, or σ̂_i with churn), `"next_sigma"` [N], `"x"` [N, B, ...],
     `"D"` [N, B, ...], `"final"` [B, ...] (the sample) and `"schedule"` [N + 1] (`sampler.get_sigmas`).
-    Raises as the sampler does (bad x, cond or schedule)."""
+    The sampler's own noise (churn, ancestral steps) continues the seeded CPU stream after x's draw, as
+    `DiffusionEngine.generate(seed=seed)` draws them, so an engine's path with x = randn(shape) of that seed ends on
+    generate's sample (and the first fresh noise is not x again). Raises as the sampler does (bad x, cond or schedule)."""
     B, evals, rows, first = len(x), [], [], [0]
     def recording(x_in, s_in, c):
         evals.append((x_in[:B].detach().cpu(), s_in[:1].cpu()))   # CFG doubles the batch as (uc, c): the first B rows are x
@@ -598,7 +600,7 @@ def sampling_path(denoiser: Callable, # `denoiser(x [B, ...], sigma [B], cond) -
         (x_i, s_i), first[0] = evals[first[0]], len(evals)
         rows.append((x_i, s_i[0], torch.as_tensor(step["next_sigma"]).cpu(), step["denoised"].detach().cpu()))
     with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
-        torch.manual_seed(seed)
+        torch.manual_seed(seed); torch.randn(x.shape)   # past the draw of x, as `generate` made it
         final = sampler(recording, x, cond, uc, callback=callback)
     xs, sig, nxt, ds = zip(*rows)
     return dict(sigma=torch.stack(sig), next_sigma=torch.stack(nxt).to(sig[0].dtype), x=torch.stack(xs), D=torch.stack(ds),

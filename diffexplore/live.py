@@ -529,7 +529,7 @@ def fit_in_background(trainer: pl.Trainer, # a Trainer for one device; progress 
                       model: pl.LightningModule, # the module to train, e.g. a `DiffusionEngine`
                       train_dataloaders=None, val_dataloaders=None, datamodule=None, # as in `Trainer.fit`
                       ckpt_path: str | None = None, # resume from this checkpoint, as in `Trainer.fit`
-                      weights_only: bool | None = None, # as in `Trainer.fit`; False to resume a `DiffusionEngine` checkpoint (it holds RNG states)
+                      weights_only: bool | None = None, # as in `Trainer.fit` (a `DiffusionEngine` checkpoint loads with True: its RNG states are tensors)
                       quiet: bool = True, # hide library messages a notebook user cannot act on (below)
                      ) -> BackgroundFit:
     """Run `trainer.fit(model, ...)` on a background daemon thread and return at once with a `BackgroundFit` handle.
