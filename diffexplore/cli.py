@@ -114,7 +114,10 @@ def apply_overrides(cfg: DictConfig, # the base config
             options = known + ([f"{section}.{a}" for a in _trainer_args()] if section else [])
             near = difflib.get_close_matches(key, list(dict.fromkeys(options)), n=3)
             raise ConfigError(f"config key {key!r} does not exist" + (f"; did you mean {', '.join(near)}?" if near else ""))
-        OmegaConf.update(cfg, key, OmegaConf.from_dotlist([f"v={value}"])["v"], merge=False)   # OmegaConf's YAML: 3e-4 is a float
+        try: parsed = OmegaConf.from_dotlist([f"v={value}"])["v"]   # OmegaConf's YAML: 3e-4 is a float
+        except Exception as e:   # PyYAML's scanner errors: the value is not YAML
+            raise ConfigError(f"override {key}={value}: the value is not YAML ({str(e).splitlines()[0]}); a mapping needs a space after each colon, e.g. {{a: 1, b: [2, 3]}}") from None
+        OmegaConf.update(cfg, key, parsed, merge=False)
     return cfg
 
 # %% ../nbs/14_cli.ipynb #e0e9ec8a
@@ -293,8 +296,11 @@ def check_sigma_data(engine, data_sigma: float | None, # the data's σ_data (`me
         return type(c).__name__ + (", c_in = 1/√(σ²+1) assumes unit-variance data" if isinstance(c, UNIT_VARIANCE_SCALINGS) else "")
     if off:
         parts = "; ".join(f"{p} ({name(p)}) assumes sigma_data = {v:.4g} ({100 * (v / data_sigma - 1):+.0f} %)" for p, v in off.items())
-        warnings.warn(f"sigma_data mismatch: {parts}, but the data's is {data_sigma:.4g} (std after the first stage); "
-                      f"set sigma_data: auto (or {data_sigma:.4g}) in the model config", SigmaDataWarning, stacklevel=2)
+        settable = lambda p: "sigma_data" in inspect.signature(type(attrgetter(p)(engine)).__init__).parameters
+        fix = (f"set sigma_data: auto (or {data_sigma:.4g}) in the model config" if all(map(settable, off)) else
+               f"{', '.join(type(attrgetter(p)(engine)).__name__ for p in off if not settable(p))} has its sigma_data built in: "
+               f"use EDMScaling/EDMWeighting with sigma_data: auto to match the data, or keep it knowingly")
+        warnings.warn(f"sigma_data mismatch: {parts}, but the data's is {data_sigma:.4g} (std after the first stage); {fix}", SigmaDataWarning, stacklevel=2)
     return comps
 
 # %% ../nbs/14_cli.ipynb #d63e9b6c
@@ -740,6 +746,7 @@ def export_weights(ckpt, # a checkpoint written by `diffexplore train` (or `post
     meta = {"format": EXPORT_FORMAT, "diffexplore_config": json.dumps(engine.config), "sample_shape": json.dumps(engine.sample_shape),
             "global_step": str(step), "ema": str(bool(use_ema and engine.use_ema))}
     Path(out).parent.mkdir(parents=True, exist_ok=True); save_file(sd, str(out), metadata=meta)
+    umask = os.umask(0); os.umask(umask); os.chmod(out, 0o666 & ~umask)   # a file to share: the mode other outputs get, not 0600
     return {"out": str(out), "tensors": len(sd), "ema": meta["ema"] == "True", "global_step": step}
 
 def _load_safetensors(path, map_location="cpu"):
@@ -806,8 +813,10 @@ def posthoc_ema_checkpoint(run_dir, # a run trained with `lightning.posthoc_ema`
 
 # %% ../nbs/14_cli.ipynb #6149955e
 QUIETED = ("You passed in a `val_dataloader` but have no `validation_step`", "'set_vital' is deprecated",
-           "`isinstance(treespec, LeafSpec)` is deprecated")
-"Warnings `diffexplore train` silences: Lightning's notice that our datamodule's validation split goes unused, and deprecations raised inside torchdata and Lightning by their own calls."
+           "`isinstance(treespec, LeafSpec)` is deprecated", "exists and is not empty")
+"""Warnings `diffexplore train` silences: Lightning's notice that our datamodule's validation split goes unused,
+deprecations raised inside torchdata and Lightning by their own calls, and its notice on resume that the checkpoint
+folder is not empty (a new run in a folder with checkpoints is refused before, `_check_new_run`)."""
 
 class _NoTips(logging.Filter):
     def filter(self, record) -> bool: return "Tip:" not in record.getMessage()
@@ -817,13 +826,16 @@ def quiet_libraries(verbose: bool = False):
     """Silence library messages a user of `diffexplore train` cannot act on: the warnings in `QUIETED` and Lightning's
     advertising tips (its device lines stay). `verbose=True` (`--verbose`) keeps everything."""
     if verbose: yield; return
-    log, tips = logging.getLogger("lightning.pytorch.utilities.rank_zero"), _NoTips()
+    log, tips, fmt = logging.getLogger("lightning.pytorch.utilities.rank_zero"), _NoTips(), warnings.formatwarning
+    def one_line(message, category, filename, lineno, line=None):   # our own warnings as one line, without the source line
+        return f"warning: {message}\n" if issubclass(category, SigmaDataWarning) else fmt(message, category, filename, lineno, line)
     log.addFilter(tips)
     try:
         with warnings.catch_warnings():
             for text in QUIETED: warnings.filterwarnings("ignore", message=".*" + re.escape(text))
+            warnings.formatwarning = one_line
             yield
-    finally: log.removeFilter(tips)
+    finally: log.removeFilter(tips); warnings.formatwarning = fmt
 
 # %% ../nbs/14_cli.ipynb #94d30fba
 NO_FAST = ("bf16", "tf32", "benchmark", "compile", "cuda_graphs", "async_checks")
@@ -890,17 +902,26 @@ def _check_sample_args(args):
     if args.cfg_scale is not None and not math.isfinite(args.cfg_scale): raise ConfigError(f"--cfg-scale must be finite; got --cfg-scale {args.cfg_scale}")
     if Path(args.out).suffix.lower() != ".png": raise ConfigError(f"--out must be a .png file; got --out {args.out}")
     if not Path(args.ckpt).is_file(): raise ConfigError(f"checkpoint not found: --ckpt {args.ckpt}")
+    if args.no_ema and str(args.ckpt).endswith(".safetensors") and _exported_ema(args.ckpt):
+        raise ConfigError(f"--ckpt {args.ckpt} holds only the EMA weights (exported without --no-ema): --no-ema has no raw weights to use")
+
+def _exported_ema(path) -> bool:
+    "Whether an `export_weights` file holds the EMA weights (its metadata `ema`), read without loading the tensors."
+    from safetensors import safe_open
+    with safe_open(str(path), framework="pt") as f: return (f.metadata() or {}).get("ema") == "True"
 
 def _check_posthoc_args(args):
     "The `posthoc-ema` arguments, checked before torch is imported: σ_rel in range, snapshots in the run dir."
     lo, hi = 0.01, 0.25   # phema.SIGMA_REL_RANGE (a test checks that they are equal)
     if not lo <= args.sigma_rel <= hi: raise ConfigError(f"--sigma-rel must be in [{lo}, {hi}]; got --sigma-rel {args.sigma_rel}")
+    if not Path(args.run).is_dir(): raise ConfigError(f"run directory not found: --run {args.run}")
     if not any((Path(args.run) / "phema").glob("phema-*.safetensors")):
         raise ConfigError(f"--run {args.run} has no post-hoc EMA snapshots (phema/phema-*.safetensors); train it with lightning.posthoc_ema set")
 
 def _train_config(args) -> tuple[DictConfig, Path]:
     "The checked config of a `train` command and its run dir; imports no torch unless an override names a key the file lacks."
     config = args.config
+    if args.resume is not None and not Path(args.resume).is_file(): raise ConfigError(f"checkpoint not found: --resume {args.resume}")
     if config is None and args.resume: config = Path(args.resume).parent.parent / "config.yaml"
     if config is None: raise ConfigError("--config is required (or --resume RUN/checkpoints/last.ckpt)")
     cfg = load_config(config, args.overrides)
@@ -959,5 +980,6 @@ def main(argv=None) -> int:
         if isinstance(e, _user_errors()) and os.environ.get("DIFFEXPLORE_DEBUG") != "1" and (isinstance(e, ConfigError) or not _is_bug(e)):
             print(f"diffexplore: error: {e}", file=sys.stderr); return 2
         if type(e).__name__ == "SIGTERMException":   # Lightning saved checkpoints/interrupted.ckpt (InterruptCheckpoint) before this
-            print("diffexplore: stopped by SIGTERM; continue with --resume RUN/checkpoints/interrupted.ckpt", file=sys.stderr); return 143
+            run = args.run_dir or (Path(args.resume).parent.parent if args.resume else Path("runs") / Path(args.config or "run").stem)
+            print(f"diffexplore: stopped by SIGTERM; continue with --resume {Path(run) / 'checkpoints' / 'interrupted.ckpt'}", file=sys.stderr); return 143
         raise

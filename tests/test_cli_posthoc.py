@@ -89,7 +89,7 @@ def test_cli_range_is_the_module_range():
     for bad in (lo * 0.99, hi * 1.01):
         with pytest.raises(ConfigError, match="--sigma-rel must be in"): _check_posthoc_args(SimpleNamespace(sigma_rel=bad, run="/nonexistent"))
     for ok in (lo, hi):
-        with pytest.raises(ConfigError, match="no post-hoc EMA snapshots"): _check_posthoc_args(SimpleNamespace(sigma_rel=ok, run="/nonexistent"))
+        with pytest.raises(ConfigError, match="run directory not found: --run /nonexistent"): _check_posthoc_args(SimpleNamespace(sigma_rel=ok, run="/nonexistent"))
 
 
 # --- the explorer (diffexplore.ema_explorer), headless ---------------------------------------------------------------

@@ -480,7 +480,7 @@ def test_sampling_path_records_every_step_and_changes_nothing(labelled, name):
     torch.testing.assert_close(path["x"][0], x * sampler.init_noise_scale(schedule[0]), rtol=0, atol=0)
     guided = sampler.guided_denoiser(exact, c, uc)
     for x_i, s_i, d_i in zip(path["x"], path["sigma"], path["D"]): assert torch.equal(d_i, guided(x_i, float(s_i)))
-    torch.manual_seed(11)
+    torch.manual_seed(11); torch.randn(x.shape)                    # the stream after x's draw, as `generate(seed=11)` leaves it
     assert torch.equal(path["final"], sampler(exact, x, c, uc))   # the same run as without recording (same seed)
 
 
