@@ -887,6 +887,7 @@ def _parser():
     y.add_argument("--report-only", action="store_true", help="write the report from the runs already there, train nothing")
     return p
 
+# %% ../nbs/14_cli.ipynb #a2ee2ada
 def _parse_args(argv):
     "The parsed command line; `train`'s overrides may also follow an option (`--no-fast compile trainer.max_steps=5`)."
     p = _parser()
@@ -927,6 +928,7 @@ def _train_config(args) -> tuple[DictConfig, Path]:
     cfg = load_config(config, args.overrides)
     return cfg, Path(args.run_dir) if args.run_dir else Path(args.resume).parent.parent if args.resume else Path("runs") / Path(config).stem
 
+# %% ../nbs/14_cli.ipynb #63387b6a
 def _command(args) -> int:
     """Run the parsed command; `--allow-module` opts the user's own modules in for the whole command
     (`core.trusted_modules`), so it covers a training config's targets and a checkpoint's saved config alike."""

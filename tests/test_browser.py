@@ -128,15 +128,21 @@ def _settled(page, readout, timeout: float = 20.0):
     return last
 
 
+def _open(p):
+    "Debian's Chromium (never a downloaded one) and a wide page with a 60 s default timeout: (browser, page)."
+    browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    page = browser.new_page(viewport={"width": 1500, "height": 1100})
+    page.set_default_timeout(60_000)
+    return browser, page
+
+
 def test_scaling_explorer_in_jupyterlab(jupyter_lab):
     base, token = jupyter_lab
     nb_path = REPO / NOTEBOOK
     nb_before = nb_path.read_bytes()
     ARTIFACT.parent.mkdir(exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1500, "height": 1100})
-        page.set_default_timeout(60_000)
+        browser, page = _open(p)
         try:
             page.goto(f"{base}/lab/tree/{NOTEBOOK}?token={token}")
             page.locator(".jp-Notebook .jp-Cell").first.wait_for()
@@ -248,9 +254,7 @@ def test_live_view_run_all_train_stop_in_jupyterlab(jupyter_lab):
     existed = full_dir.exists()
     ARTIFACT.parent.mkdir(exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1500, "height": 1100})
-        page.set_default_timeout(60_000)
+        browser, page = _open(p)
         try:
             _run_all(page, base, token, notebooks[0])                 # 17: every cell, the GPU ones say they need a GPU
             _wait_all_run(page)

@@ -27,22 +27,11 @@ def digits(): return DigitsDataModule().train_images()[:128]
 
 
 # ---------------------------------------------------------------- optimal denoiser
-def _brute_force(x_t, sigma, data):
-    "Posterior mean in float64 with plain Python loops and a max-shift (no torch softmax/logsumexp)."
-    x, d = x_t.reshape(-1).tolist(), data.reshape(data.shape[0], -1).tolist()
-    logits = [-sum((a - b) ** 2 for a, b in zip(x, di)) / (2 * sigma**2) for di in d]
-    m = max(logits)
-    p = [math.exp(l - m) for l in logits]
-    z = sum(p)
-    return torch.tensor([sum(pi * di[j] for pi, di in zip(p, d)) / z for j in range(len(x))], dtype=f64).reshape(x_t.shape)
 
-
-@pytest.mark.parametrize("sigma", [0.05, 0.3, 1.0, 4.0, 50.0])
-def test_optimal_denoiser_matches_brute_force_float64(sigma):
-    g = torch.Generator().manual_seed(1)
-    data = torch.randn(40, 1, 3, 3, generator=g, dtype=f64)
-    x_t = data[5:6] + sigma * torch.randn(1, 1, 3, 3, generator=g, dtype=f64)
-    torch.testing.assert_close(optimal_denoiser(x_t, sigma, data), _brute_force(x_t, sigma, data), rtol=1e-10, atol=1e-12)
+def test_optimal_denoiser_is_the_floor_modules():
+    "The explorers re-export `floor.optimal_denoiser`; tests/test_floor.py checks it against a brute-force sum."
+    from diffexplore import floor
+    assert optimal_denoiser is floor.optimal_denoiser and posterior_weights is floor.posterior_weights
 
 
 def test_optimal_denoiser_limits():
