@@ -18,6 +18,7 @@ from diffexplore.scalings import SCALINGS, EDMScaling, EpsScaling, ScoreScaling,
 from diffexplore.sigma_sampling import DiscreteSampling, EDMSampling
 from diffexplore.weightings import WEIGHTINGS, EDMWeighting, EpsWeighting, VWeighting
 from _runs import TINY_NET
+from test_floor import _brute_force   # the same brute-force posterior mean test_floor checks optimal_denoiser with
 
 f64 = torch.float64
 
