@@ -27,15 +27,24 @@
 #   refit         bench/refit_cudagraphs.py: two fits of one engine on different threads (--variants bg-main,...)
 #   study         `diffexplore study --config configs/study_fashion.yaml` (run_study) with the data in FASHION_MNIST_ROOT,
 #                 only the recipes in STUDY_RECIPES (default all), seeds STUDY_SEEDS (default the config's) and
-#                 STUDY_STEPS steps (default the config's), until the deadline; the cells' cell.json/summary.json and
+#                 STUDY_STEPS steps (default the config's), until the deadline (cells done before, copied from
+#                 STUDY_PRIOR/cells, are not run again); the cells' cell.json/summary.json and
 #                 the summary (written from the cells done, also after a timeout) come back, the checkpoints do not
+#   posthoc       bench/posthoc_ema_time.py on the GPU for the Fashion-MNIST U-Net: reconstruct one σ_rel from PostHocEMA's
+#                 snapshots and draw a 40-sample grid (ARGS go to it, e.g. --snapshots 12)
+#   precision     bench/precision_modes.py: 30 steps of the digits config under each Lightning precision (32-true, bf16-mixed,
+#                 16-mixed, bf16-true, 16-true) with the CLI's fast GPU settings; each trains or is refused in one line
+#                 (ARGS go to it, e.g. --steps 30 --modes 16-mixed,bf16-true; --config fashion_mnist --data-root DIR)
+#   soak          bench/soak_gpu.py: Fashion-MNIST (data in FASHION_MNIST_ROOT) trained with the live view in a notebook under
+#                 nbclient for --minutes (default 8, cut to the deadline), GPU/host memory and throughput sampled every 5 s;
+#                 the slopes after the first minute (ARGS go to it, e.g. --minutes 8 --view-kw '{"min_interval_s": 1}')
 #   floor         bench/loss_floor_time.py on the GPU: the exact loss floor of Fashion-MNIST's 60,000 training images
 #                 for the main job's σ buckets (ARGS go to it, e.g. --subset 20000)
 # Two tasks on two GPUs at once: one call of
 #   CUDA_VISIBLE_DEVICES=0 bash bench/gpu.sh fashion $OUT/gpu0 & CUDA_VISIBLE_DEVICES=1 bash bench/gpu.sh live $OUT/gpu1; wait
 # Exits 2 for an unknown task (listing them), else with the last task's exit status.
 set -uo pipefail
-TASKS="cifar10 latent sampling accumulation syncs throughput ddp fashion live refit floor study"
+TASKS="cifar10 latent sampling accumulation syncs throughput ddp fashion live refit floor study posthoc soak precision"
 usage() { echo "usage: bash bench/gpu.sh TASK[,TASK...] OUT [ARGS...]; tasks: $TASKS" >&2; exit 2; }
 [ $# -ge 2 ] || usage
 tasks=${1//,/ }; out=$2; shift 2
@@ -83,9 +92,13 @@ task_accumulation() { py bench/grad_accumulation.py --out "$out/accumulation" "$
 task_syncs() { py bench/host_syncs.py --out "$out/syncs" "$@"; }
 task_live() { py bench/live_view_gpu.py --out "$out/live" "$@"; }
 task_refit() { py bench/refit_cudagraphs.py --out "$out/refit" "$@"; }
+task_posthoc() { py bench/posthoc_ema_time.py --config fashion_mnist --device cuda "$@"; }
+task_precision() { py bench/precision_modes.py --device cuda "$@"; }
+task_soak() { py bench/soak_gpu.py --out "$out/soak" --deadline "$(left 20)" "$@"; }
 task_floor() { py bench/loss_floor_time.py --data fashion_mnist --device cuda "$@"; }
 task_study() {   # the cells run in /tmp (checkpoints stay there); their JSON files and the summary come back
-  local cfg=/tmp/study_fashion.yaml run=/tmp/study_fashion; mkdir -p "$out/study"
+  local cfg=/tmp/study_fashion.yaml run=/tmp/study_fashion; mkdir -p "$out/study" "$run"
+  [ -n "${STUDY_PRIOR:-}" ] && cp -rn "$STUDY_PRIOR/cells" "$run/"
   "$PY" - "$cfg" <<'PYEOF'
 import os, sys, yaml
 s = yaml.safe_load(open("configs/study_fashion.yaml"))

@@ -11,13 +11,14 @@ from omegaconf import OmegaConf, DictConfig
 
 # %% auto #0
 __all__ = ['TRAINER_SECTIONS', 'POSTHOC_EMA_KEYS', 'SECTION_KEYS', 'LIGHTNING_KEYS', 'SGM_LIGHTNING_KEYS', 'REFUSED',
-           'SIGMA_DATA_TOLERANCE', 'CLI_TRAINER_KEYS', 'TRAINER_MINIMUMS', 'SGM_CALLBACKS', 'SAMPLERS', 'EXPORT_FORMAT',
-           'QUIETED', 'NO_FAST', 'ConfigError', 'shipped_configs', 'resolve_config', 'apply_overrides',
-           'check_sections', 'load_config', 'build_engine', 'build_data', 'check_compatible', 'sigma_data_auto_keys',
-           'resolve_sigma_data', 'measure_sigma_data', 'SigmaDataWarning', 'sigma_data_components', 'check_sigma_data',
-           'trainer_kwargs', 'sgm_callbacks', 'run_callbacks', 'make_trainer', 'learning_rate', 'ema_summary', 'train',
-           'read_metrics', 'plot_losses', 'judge_run', 'load_engine', 'set_sampler', 'export_weights', 'sample',
-           'posthoc_ema_checkpoint', 'quiet_libraries', 'main']
+           'LIGHTNING_INTS', 'SIGMA_DATA_TOLERANCE', 'CLI_TRAINER_KEYS', 'TRAINER_MINIMUMS', 'SGM_CALLBACKS', 'PARTIAL',
+           'SAMPLERS', 'EXPORT_FORMAT', 'QUIETED', 'NO_FAST', 'ConfigError', 'shipped_configs', 'resolve_config',
+           'apply_overrides', 'check_sections', 'load_config', 'build_engine', 'build_data', 'check_compatible',
+           'sigma_data_auto_keys', 'resolve_sigma_data', 'measure_sigma_data', 'SigmaDataWarning',
+           'sigma_data_components', 'check_sigma_data', 'trainer_kwargs', 'sgm_callbacks', 'run_callbacks',
+           'RunDirError', 'atomic_write', 'atomic_save', 'check_run_dir', 'make_trainer', 'learning_rate',
+           'ema_summary', 'train', 'read_metrics', 'plot_losses', 'judge_run', 'load_engine', 'set_sampler',
+           'export_weights', 'sample', 'posthoc_ema_checkpoint', 'quiet_libraries', 'main']
 
 # %% ../nbs/14_cli.ipynb #c480f66b
 class ConfigError(ValueError):
@@ -139,11 +140,14 @@ def _lightning(cfg) -> dict:
     return {} if l is None else OmegaConf.to_container(l, resolve=True) if isinstance(l, DictConfig) else l
 
 def check_sections(cfg: DictConfig) -> None:
-    "Raise `ConfigError` naming a key no section defines (with close matches), a refused one (with the reason), or a missing `model`/`data`."
+    """Raise `ConfigError` naming a key no section defines (with close matches), a refused one (with the reason), a
+    missing `model`/`data` or one that is no mapping, or a value `_check_values` refuses."""
     for section, allowed in SECTION_KEYS.items():
         node = OmegaConf.select(cfg, section) if section else cfg
         if section and node is None: raise ConfigError(f"the config has no {section!r} section")
-        if isinstance(node, DictConfig): _check_keys(section, list(node.keys()), allowed)
+        if not isinstance(node, DictConfig): raise ConfigError(f"{section} must be a mapping (target, params); got {section}={node!r}")
+        _check_keys(section, list(node.keys()), allowed)
+    _check_values(cfg)
     l = cfg.get("lightning")
     if l is None: return
     if not isinstance(l, DictConfig): raise ConfigError(f"lightning must be a mapping; got lightning={l!r}")
@@ -157,6 +161,32 @@ def _check_keys(section: str, keys: list, allowed) -> None:
             near = difflib.get_close_matches(str(k), list(allowed), n=2)
             raise ConfigError(f"{section + '.' if section else ''}{k} is not a config key here; known: {', '.join(allowed)}"
                               + (f" (did you mean {' or '.join(near)}?)" if near else ""))
+
+# %% ../nbs/14_cli.ipynb #aa6085ae
+LIGHTNING_INTS = ("checkpoint_every_n_steps", "sample_every_n_steps", "samples_per_class", "judge_samples", "sigma_data_batches", "floor_every_n_steps")
+"diffexplore's `lightning:` keys that count steps, batches or samples: ints >= 0."
+
+def _check_values(cfg: DictConfig) -> None:
+    """Raise `ConfigError` naming the key for an interpolation that does not resolve (`${nope}`), a `…_config` that
+    is no mapping (nor null, nor sgm's `__is_first_stage__`/`__is_unconditional__`), `params` that are no mapping, a
+    `seed` that is not an int in [0, 2**32), or a `LIGHTNING_INTS` key that is not an int >= 0: checked before anything
+    is built, since there they fail without naming the key (`int(None)`, OmegaConf's multi-line errors)."""
+    from omegaconf.errors import OmegaConfBaseException
+    try: OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as e: raise ConfigError(f"config key {getattr(e, 'full_key', None) or '?'}: {str(e).splitlines()[0]}") from None
+    for section in ("model", "data"):
+        for k in _all_keys(OmegaConf.to_container(cfg[section], resolve=True)):
+            v = OmegaConf.select(cfg, f"{section}.{k}")
+            if k.endswith("_config") and not (v is None or isinstance(v, DictConfig) or v in ("__is_first_stage__", "__is_unconditional__")):
+                raise ConfigError(f"{section}.{k} must be a mapping with a target (or null); got {section}.{k}={v!r}")
+            if k.rpartition(".")[2] == "params" and not (v is None or isinstance(v, DictConfig)):
+                raise ConfigError(f"{section}.{k} must be a mapping of constructor arguments; got {section}.{k}={v!r}")
+    seed = cfg.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32: raise ConfigError(f"seed must be an int in [0, 2**32); got seed={seed!r}")
+    l = cfg.get("lightning")
+    for k in LIGHTNING_INTS if isinstance(l, DictConfig) else ():
+        v = l.get(k, 0)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0: raise ConfigError(f"lightning.{k} must be an int >= 0; got lightning.{k}={v!r}")
 
 # %% ../nbs/14_cli.ipynb #b1258efb
 def load_config(path, # a YAML file, or a shipped config's name (`digits`)
@@ -205,7 +235,7 @@ def _network_in_channels(network):
 
 def check_compatible(engine, dm) -> None:
     """Raise `ConfigError` when data, first stage, network and conditioner disagree: channel counts, the number of
-    classes. Concat conditioning channels are not known statically and are not counted."""
+    classes, and a sampler without `num_steps`. Concat conditioning channels are not known statically and are not counted."""
     from diffexplore.engine import conditioner_classes
     c_data = getattr(dm, "channels", None)
     fs = engine.first_stage
@@ -218,6 +248,9 @@ def check_compatible(engine, dm) -> None:
     n_data = getattr(dm, "num_classes", None)
     if n_classes is not None and n_data is not None and n_data > n_classes:
         raise ConfigError(f"the data has num_classes={n_data} but the class embedder has n_classes={n_classes}")
+    if engine.sampler is not None and getattr(engine.sampler, "num_steps", 0) is None:
+        raise ConfigError(f"model.params.sampler_config.params.num_steps is not set ({type(engine.sampler).__name__}); the sample grids, "
+                          "the judge and `diffexplore sample` call the sampler without steps: set it, e.g. num_steps: 18")
 
 # %% ../nbs/14_cli.ipynb #c46f1f09
 def sigma_data_auto_keys(cfg: DictConfig) -> list[str]:
@@ -331,7 +364,7 @@ TRAINER_MINIMUMS = {"max_steps": -1, "max_epochs": -1, "min_steps": 0, "min_epoc
 "Smallest allowed value of integer `trainer` settings (−1 = unlimited, Lightning's convention); `trainer_kwargs` checks them."
 
 def _fits(v, h) -> bool | None:
-    "Does `v` fit the annotation `h`? None when `h` is not a plain bool/int/float/str/None/Literal (left to Lightning)."
+    "Does `v` fit the annotation `h`? None when `h` is not a class, None or a Literal (left to Lightning)."
     origin = typing.get_origin(h)
     if origin in (typing.Union, types.UnionType):
         fits = [_fits(v, a) for a in typing.get_args(h)]
@@ -342,6 +375,7 @@ def _fits(v, h) -> bool | None:
     if h is int: return isinstance(v, int) and not isinstance(v, bool)
     if h is float: return isinstance(v, (int, float)) and not isinstance(v, bool)
     if h is str: return isinstance(v, str)
+    if isinstance(h, type): return isinstance(v, h)
     return None
 
 def _describe(h) -> str:
@@ -369,7 +403,8 @@ def trainer_kwargs(cfg: DictConfig) -> dict:
     """The config's `trainer` and `lightning.trainer` sections as `pl.Trainer` keyword arguments (`{}` when there are
     none). Raises `ConfigError` naming the key for a value of the wrong type (`trainer.max_steps=abc`), one below its
     minimum (`trainer.accumulate_grad_batches=0`), a key `make_trainer` sets itself (`logger`, `default_root_dir`,
-    `callbacks`), a section that is no mapping, the two sections disagreeing, or a GPU asked for where there is none."""
+    `callbacks`), a section that is no mapping, the two sections disagreeing, a GPU asked for where there is none, or a
+    precision the engine refuses (`engine.PRECISION_REFUSED`: `16-true`, with what to use instead)."""
     import torch, lightning.pytorch as pl
     targs, where = _trainer_sections(cfg)
     try: hints = typing.get_type_hints(pl.Trainer.__init__)
@@ -380,6 +415,9 @@ def trainer_kwargs(cfg: DictConfig) -> dict:
         if k in hints and _fits(v, hints[k]) is False: raise ConfigError(f"{at} must be {_describe(hints[k])}; got {at}={v!r}")
         lo = TRAINER_MINIMUMS.get(k)
         if lo is not None and isinstance(v, int) and v < lo: raise ConfigError(f"{at} must be >= {lo}; got {at}={v!r}")
+    from diffexplore.engine import PRECISION_REFUSED
+    if str(targs.get("precision")) in PRECISION_REFUSED:
+        raise ConfigError(f"{where['precision']}.precision={targs['precision']!r}: {PRECISION_REFUSED[str(targs['precision'])]}")
     if targs.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
         at = where["accelerator"]
         why = " (sgm's main.py default)" if "accelerator" not in (OmegaConf.select(cfg, at) or {}) else ""
@@ -511,12 +549,70 @@ def _posthoc_ema_callback(cfg, run_dir: Path):
     try: return PostHocEMA(sigma_rels=sigma_rels, every_n_steps=every, dirpath=Path(run_dir) / "phema")
     except ValueError as e: raise ConfigError(f"{at}.sigma_rels={sigma_rels!r}: {e}") from e
 
+# %% ../nbs/14_cli.ipynb #f444f939
+class RunDirError(ConfigError):
+    "The run directory cannot be written (read-only, full, or under a file); the message names the path and the OS error."
+
+def atomic_write(path, # the file to write, e.g. RUN/checkpoints/last.ckpt
+                 write, # writes the content into the binary file object it is given
+                 what: str = "file", # named in the error ("checkpoint", "export")
+                ) -> None:
+    """`write(f)` into `.NAME.XXXX.part` beside `path`, `os.fsync`ed, then `os.replace`d over `path` (the file gets the
+    mode the umask gives, like other outputs). On any failure the temporary file is removed and `path` is left as it
+    was. Raises `RunDirError` naming `path` for an `OSError` (no space, permission, read-only); other exceptions pass
+    unchanged. Source: POSIX rename(2); Lightning's `lightning/fabric/utilities/cloud_io.py: _atomic_save`."""
+    import tempfile
+    path, tmp = Path(path), None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+        with os.fdopen(fd, "wb") as f: write(f); f.flush(); os.fsync(f.fileno())
+        umask = os.umask(0); os.umask(umask); os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path); tmp = None
+        try: dfd = os.open(path.parent, os.O_RDONLY); os.fsync(dfd); os.close(dfd)   # the rename itself, on disk
+        except OSError: pass   # a filesystem that cannot sync a folder: the file is complete and in place
+    except OSError as e:
+        raise RunDirError(f"could not write {what} {path}: {e.strerror or e}; the previous {path.name}, if any, is unchanged") from e
+    finally:
+        if tmp is not None: Path(tmp).unlink(missing_ok=True)
+
+def atomic_save(checkpoint: dict, # what `torch.save` takes (Lightning's checkpoint dict)
+                path, # the file to write, e.g. RUN/checkpoints/last.ckpt
+               ) -> None:
+    "`torch.save(checkpoint)` to `path` whole or not at all (`atomic_write`). Raises `RunDirError` naming `path` for an `OSError`."
+    import torch
+    atomic_write(path, lambda f: torch.save(checkpoint, f), "checkpoint")
+
+def _checkpoint_io():
+    "An `AtomicCheckpointIO`: Lightning's `TorchCheckpointIO` (loading unchanged) whose saves go through `atomic_save`."
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+    class AtomicCheckpointIO(TorchCheckpointIO):
+        def save_checkpoint(self, checkpoint, path, storage_options=None): atomic_save(checkpoint, path)
+        def __repr__(self): return "AtomicCheckpointIO()"
+    return AtomicCheckpointIO()
+
+# %% ../nbs/14_cli.ipynb #b0eae9b3
+PARTIAL = ".*.part"
+"The glob of `atomic_save`'s temporary files; one left by a killed run is removed when the next run starts in that folder."
+
+def check_run_dir(run_dir) -> None:
+    """Raise `RunDirError` unless a file can be created in `run_dir` (or, before it exists, in the nearest existing folder
+    on its path) and in its `checkpoints/` folder when there is one. Tried by creating a file, not with `os.access`: root
+    passes every permission check, but not a read-only mount; a path under a file is named as such."""
+    import tempfile
+    run_dir = Path(run_dir)
+    base = next((p for p in [run_dir, *run_dir.parents] if p.exists()), Path("."))
+    if not base.is_dir(): raise RunDirError(f"run_dir={str(run_dir)!r} cannot be created: {base} is a file, not a folder")
+    for d in [base] + ([run_dir / "checkpoints"] if (run_dir / "checkpoints").is_dir() else []):
+        try: tempfile.TemporaryFile(dir=d).close()
+        except OSError as e: raise RunDirError(f"run_dir={str(run_dir)!r} is not writable: {e.strerror or e} ({d})") from None
+
 # %% ../nbs/14_cli.ipynb #e92ec4fe
 def make_trainer(cfg: DictConfig, run_dir: Path, num_classes=None, extra_callbacks=(), engine=None, fast_off=(),
                  resume_step: int = 0, # the global step of the checkpoint being resumed: metrics.csv keeps its earlier rows
                 ):
     """A Lightning `Trainer` from the config's trainer sections, with `run_callbacks`, loggers under `run_dir`, the
-    whole-run progress bar (`engine.LossProgressBar`) and on a GPU the fast settings (`fast_gpu_settings`) except those in
+    whole-run progress bar (`engine.LossProgressBar`), checkpoints written by `atomic_save` and on a GPU the fast settings (`fast_gpu_settings`) except those in
     `fast_off`. Raises `ConfigError` naming the key for a bad setting, also when Lightning refuses the settings."""
     import lightning.pytorch as pl
     from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -528,9 +624,12 @@ def make_trainer(cfg: DictConfig, run_dir: Path, num_classes=None, extra_callbac
         callbacks = [*run_callbacks(cfg, run_dir, num_classes, engine), *extra_callbacks]
         strategy = _strategy(cfg)
     except MisconfigurationException as e: raise ConfigError(f"lightning section: {e}") from e
-    targs = fast_gpu_settings(dict(targs, callbacks=callbacks, **strategy), engine, off=fast_off)
+    on_cpu = str(targs["accelerator"]).lower() == "cpu"   # a CPU run on a GPU machine gets none of the GPU settings
+    targs = fast_gpu_settings(dict(targs, callbacks=callbacks, **strategy), engine, off=fast_off, cuda=False if on_cpu else None)
     if targs.get("enable_progress_bar", True) and not any(isinstance(c, pl.callbacks.ProgressBar) for c in targs["callbacks"]):
         targs["callbacks"].append(LossProgressBar())
+    plugins = targs.get("plugins")
+    targs["plugins"] = [*([] if plugins is None else plugins if isinstance(plugins, list) else [plugins]), _checkpoint_io()]   # `atomic_save`
     try: return pl.Trainer(default_root_dir=str(run_dir), logger=_loggers(run_dir, resume_step), **targs)   # only the trainer settings can fail here
     except (MisconfigurationException, ValueError, TypeError) as e:
         _, where = _trainer_sections(cfg)
@@ -581,6 +680,10 @@ def ema_summary(model_ema) -> dict:
 
 # %% ../nbs/14_cli.ipynb #40ef437a
 def _check_new_run(run_dir: Path, resume):
+    """Raise `RunDirError` for a run dir that cannot be written (`check_run_dir`), `ConfigError` for a new run in one
+    that holds checkpoints; removes the temporary files of a checkpoint write that a kill interrupted (`PARTIAL`)."""
+    check_run_dir(run_dir)
+    for p in (run_dir / "checkpoints").glob(PARTIAL): p.unlink()
     old = sorted((run_dir / "checkpoints").glob("*.ckpt")) if (run_dir / "checkpoints").is_dir() else []
     if old and resume is None:
         ck = next((p for name in ("last.ckpt", "interrupted.ckpt") for p in old if p.name == name), old[-1])
@@ -593,7 +696,14 @@ def _fit(trainer, engine, dm, resume):
         # that there is none; a fresh run directory holds no checkpoint (checked before), so both are noise.
         for text in (r"`\.fit\(ckpt_path=None\)` was called without a model", r'\.fit\(ckpt_path="last"\) is set, but there is no last'):
             warnings.filterwarnings("ignore", message=text)
-        trainer.fit(engine, datamodule=dm, ckpt_path=str(resume) if resume else None)
+        try: trainer.fit(engine, datamodule=dm, ckpt_path=str(resume) if resume else None)
+        except RunDirError as e: raise _first_write_error(e) from None
+
+def _first_write_error(e: RunDirError) -> RunDirError:
+    "The earliest `RunDirError` in `e`'s context: the write that failed, not `InterruptCheckpoint`'s that failed after it (a full disk)."
+    first, c = e, e.__context__
+    while c is not None: first, c = (c if isinstance(c, RunDirError) else first), c.__context__
+    return first
 
 # %% ../nbs/14_cli.ipynb #29b8e779
 def train(cfg: DictConfig, # a loaded config (see `load_config`)
@@ -604,8 +714,10 @@ def train(cfg: DictConfig, # a loaded config (see `load_config`)
           scale_lr: bool = False, # sgm's --scale_lr: scale model.base_learning_rate (see `learning_rate`)
          ) -> dict: # summary: steps, final loss, learning rate, EMA decay, paths, excess loss over the floor, post-hoc EMA snapshots, judge results
     """Train the run `cfg` describes into `run_dir`, its `sigma_data: auto` resolved first (`_sigma_data_for_run`).
-    Raises `ConfigError` before training for config problems (and then writes nothing), `NonFiniteLossError`
-    (after saving nothing new) when the loss becomes NaN/inf."""
+    Raises `ConfigError` before training for config problems (and then writes nothing), `RunDirError` before anything
+    is built for a `run_dir` that cannot be written (`check_run_dir`) and at a checkpoint write that fails (no space:
+    the previous checkpoint stays whole, `atomic_save`), `NonFiniteLossError` (after saving nothing new) when the loss
+    becomes NaN/inf."""
     import torch, lightning.pytorch as pl
     run_dir = Path(run_dir); _check_new_run(run_dir, resume)
     trainer_kwargs(cfg)   # a bad trainer setting fails here, before data and model are built
@@ -737,16 +849,15 @@ def export_weights(ckpt, # a checkpoint written by `diffexplore train` (or `post
     """Write the engine of `ckpt` as safetensors: every weight but the EMA's own copies, the network's taken from the EMA
     when `use_ema`; the metadata (strings, as safetensors requires) holds `format`, the config as JSON, `sample_shape` and
     `global_step`. Raises `ConfigError` for an `out` not ending in `.safetensors`, and what `load_engine` raises.
-    Source: safetensors' `safetensors.torch.save_file` (https://huggingface.co/docs/safetensors)."""
+    The file is written whole or not at all (`atomic_write`). Source: safetensors' `safetensors.torch.save` (https://huggingface.co/docs/safetensors)."""
     import torch
-    from safetensors.torch import save_file
+    from safetensors.torch import save
     if not str(out).endswith(".safetensors"): raise ConfigError(f"--out must be a .safetensors file; got --out {out}")
     engine, step = load_engine(ckpt), int(torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get("global_step", 0))
     with engine.ema_scope(use_ema): sd = {k: v.detach().cpu().contiguous().clone() for k, v in engine.state_dict().items() if not k.startswith("model_ema.")}
     meta = {"format": EXPORT_FORMAT, "diffexplore_config": json.dumps(engine.config), "sample_shape": json.dumps(engine.sample_shape),
             "global_step": str(step), "ema": str(bool(use_ema and engine.use_ema))}
-    Path(out).parent.mkdir(parents=True, exist_ok=True); save_file(sd, str(out), metadata=meta)
-    umask = os.umask(0); os.umask(umask); os.chmod(out, 0o666 & ~umask)   # a file to share: the mode other outputs get, not 0600
+    atomic_write(out, lambda f: f.write(save(sd, metadata=meta)), "export")
     return {"out": str(out), "tensors": len(sd), "ema": meta["ema"] == "True", "global_step": step}
 
 def _load_safetensors(path, map_location="cpu"):
@@ -808,7 +919,7 @@ def posthoc_ema_checkpoint(run_dir, # a run trained with `lightning.posthoc_ema`
     info = {"sigma_rel": float(sigma_rel), "gamma": sigma_rel_to_gamma(sigma_rel), "step": used[-1]["step"], "snapshots": len(used)}
     keep = ("diffexplore_config", "sample_shape", "global_step", "epoch", "pytorch-lightning_version")
     ck = {k: ck[k] for k in keep if k in ck} | {"state_dict": engine.state_dict(), "posthoc_ema": info}
-    Path(out).parent.mkdir(parents=True, exist_ok=True); torch.save(ck, out)
+    atomic_save(ck, out)
     return {"out": str(out), **info}
 
 # %% ../nbs/14_cli.ipynb #6149955e
@@ -859,8 +970,8 @@ def _parser():
     t.add_argument("--verbose", action="store_true", help="keep the library messages a run cannot act on (Lightning's tips, deprecations)")
     t.add_argument("--allow-module", action="append", default=[], metavar="MODULE", help=_ALLOW_HELP)
     t.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. trainer.max_steps=100")
-    s = sub.add_parser("sample", help="sample from a checkpoint into a PNG grid")
-    s.add_argument("--ckpt", required=True, help="checkpoint written by `diffexplore train` (e.g. RUN/checkpoints/last.ckpt)")
+    s = sub.add_parser("sample", help="sample from a checkpoint (train, posthoc-ema or an exported .safetensors) into a PNG grid")
+    s.add_argument("--ckpt", required=True, help="checkpoint written by `diffexplore train` (e.g. RUN/checkpoints/last.ckpt) or `posthoc-ema`, or a .safetensors file written by `export`")
     s.add_argument("--n", type=int, default=16, help="number of samples, >= 1 (default 16)")
     s.add_argument("--out", required=True, help="PNG file for the grid of samples")
     s.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale (1 = conditional; default: the run's sampler)")
@@ -885,6 +996,7 @@ def _parser():
     y.add_argument("--config", required=True, help="a study YAML (e.g. configs/study_digits.yaml)")
     y.add_argument("--out", default=None, help="output folder of the study")
     y.add_argument("--report-only", action="store_true", help="write the report from the runs already there, train nothing")
+    y.add_argument("--allow-module", action="append", default=[], metavar="MODULE", help=_ALLOW_HELP)
     return p
 
 # %% ../nbs/14_cli.ipynb #a2ee2ada
@@ -903,6 +1015,7 @@ def _check_sample_args(args):
     if args.cfg_scale is not None and not math.isfinite(args.cfg_scale): raise ConfigError(f"--cfg-scale must be finite; got --cfg-scale {args.cfg_scale}")
     if Path(args.out).suffix.lower() != ".png": raise ConfigError(f"--out must be a .png file; got --out {args.out}")
     if not Path(args.ckpt).is_file(): raise ConfigError(f"checkpoint not found: --ckpt {args.ckpt}")
+    _check_out(args.out)
     if args.no_ema and str(args.ckpt).endswith(".safetensors") and _exported_ema(args.ckpt):
         raise ConfigError(f"--ckpt {args.ckpt} holds only the EMA weights (exported without --no-ema): --no-ema has no raw weights to use")
 
@@ -911,6 +1024,17 @@ def _exported_ema(path) -> bool:
     from safetensors import safe_open
     with safe_open(str(path), framework="pt") as f: return (f.metadata() or {}).get("ema") == "True"
 
+def _check_out(out, option: str = "--out") -> None:
+    "An output file's folder is created here (or `ConfigError` says why it cannot be), and the file must not be a folder."
+    if Path(out).is_dir(): raise ConfigError(f"{option} {out} is a folder; name a file")
+    try: Path(out).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e: raise ConfigError(f"{option} {out}: its folder cannot be created ({e.strerror or e})") from None
+
+def _check_export_args(args):
+    if not Path(args.ckpt).is_file(): raise ConfigError(f"checkpoint not found: --ckpt {args.ckpt}")
+    if not str(args.out).endswith(".safetensors"): raise ConfigError(f"--out must be a .safetensors file; got --out {args.out}")
+    _check_out(args.out)
+
 def _check_posthoc_args(args):
     "The `posthoc-ema` arguments, checked before torch is imported: σ_rel in range, snapshots in the run dir."
     lo, hi = 0.01, 0.25   # phema.SIGMA_REL_RANGE (a test checks that they are equal)
@@ -918,15 +1042,30 @@ def _check_posthoc_args(args):
     if not Path(args.run).is_dir(): raise ConfigError(f"run directory not found: --run {args.run}")
     if not any((Path(args.run) / "phema").glob("phema-*.safetensors")):
         raise ConfigError(f"--run {args.run} has no post-hoc EMA snapshots (phema/phema-*.safetensors); train it with lightning.posthoc_ema set")
+    _check_out(args.out)
+
+# %% ../nbs/14_cli.ipynb #e1fe7540
+def _check_resume(resume) -> None:
+    "`--resume` must name a checkpoint file as `torch.save` writes it (a zip archive); checked without importing torch."
+    import zipfile
+    if not Path(resume).is_file(): raise ConfigError(f"checkpoint not found: --resume {resume}")
+    if not zipfile.is_zipfile(resume):
+        raise ConfigError(f"--resume {resume} is not a training checkpoint (RUN/checkpoints/last.ckpt); an exported .safetensors file holds no optimizer state")
 
 def _train_config(args) -> tuple[DictConfig, Path]:
-    "The checked config of a `train` command and its run dir; imports no torch unless an override names a key the file lacks."
+    """The checked config of a `train` command and its run dir; imports no torch unless an override names a key the file
+    lacks. Raises `ConfigError` for a `--resume` that is no checkpoint, or outside a run dir without `--config`, and a
+    `--run-dir` that is a file."""
     config = args.config
-    if args.resume is not None and not Path(args.resume).is_file(): raise ConfigError(f"checkpoint not found: --resume {args.resume}")
-    if config is None and args.resume: config = Path(args.resume).parent.parent / "config.yaml"
+    if args.resume is not None: _check_resume(args.resume)
+    if config is None and args.resume:
+        config = Path(args.resume).parent.parent / "config.yaml"
+        if not config.is_file(): raise ConfigError(f"--config is required: --resume {args.resume} is not in a run dir (no {config})")
     if config is None: raise ConfigError("--config is required (or --resume RUN/checkpoints/last.ckpt)")
     cfg = load_config(config, args.overrides)
-    return cfg, Path(args.run_dir) if args.run_dir else Path(args.resume).parent.parent if args.resume else Path("runs") / Path(config).stem
+    run_dir = Path(args.run_dir) if args.run_dir else Path(args.resume).parent.parent if args.resume else Path("runs") / Path(config).stem
+    if run_dir.exists() and not run_dir.is_dir(): raise ConfigError(f"--run-dir {run_dir} is a file; a run dir is a folder")
+    return cfg, run_dir
 
 # %% ../nbs/14_cli.ipynb #63387b6a
 def _command(args) -> int:
@@ -948,11 +1087,12 @@ def _run_command(args) -> int:
               f"from {r['snapshots']} snapshots in {Path(args.run) / 'phema'}, in the raw and the EMA weights")
         return 0
     if args.cmd == "export":
-        if not Path(args.ckpt).is_file(): raise ConfigError(f"checkpoint not found: --ckpt {args.ckpt}")
+        _check_export_args(args)
         r = export_weights(args.ckpt, args.out, use_ema=not args.no_ema)
         print(f"wrote {r['out']}: {r['tensors']} tensors ({'EMA' if r['ema'] else 'raw'} weights) at step {r['global_step']}, the config in its metadata"); return 0
     if args.cmd == "study":
         from diffexplore.study import run_study
+        if args.out and Path(args.out).exists() and not Path(args.out).is_dir(): raise ConfigError(f"--out {args.out} is a file; a study's --out is a folder")
         print(json.dumps(run_study(args.config, args.out, report_only=args.report_only), indent=2)); return 0
     cfg, run_dir = _train_config(args)
     from diffexplore.core import check_targets
@@ -963,9 +1103,10 @@ def _run_command(args) -> int:
 
 # %% ../nbs/14_cli.ipynb #f4cd334a
 def _user_errors() -> tuple:
-    "Exception types that mean bad input: ours, Python's, and Lightning's `MisconfigurationException` once Lightning is loaded."
-    mod = sys.modules.get("lightning.fabric.utilities.exceptions")
-    return (ConfigError, ValueError, TypeError, FileNotFoundError) + ((mod.MisconfigurationException,) if mod else ())
+    """Exception types that end in one line: bad input (ours, Python's, and Lightning's `MisconfigurationException` once
+    Lightning is loaded) and a run that diverged (`engine.NonFiniteLossError`, which names the step and σ)."""
+    mod, eng = sys.modules.get("lightning.fabric.utilities.exceptions"), sys.modules.get("diffexplore.engine")
+    return (ConfigError, ValueError, TypeError, FileNotFoundError) + ((mod.MisconfigurationException,) if mod else ()) + ((eng.NonFiniteLossError,) if eng else ())
 
 def _is_bug(e: Exception) -> bool:
     "Errors raised inside diffexplore or Lightning's checks are user-facing; others (deep in torch) keep their traceback."
@@ -979,8 +1120,12 @@ def main(argv=None) -> int:
     args = _parse_args(argv)
     try: return _command(args)
     except BaseException as e:
-        if isinstance(e, _user_errors()) and os.environ.get("DIFFEXPLORE_DEBUG") != "1" and (isinstance(e, ConfigError) or not _is_bug(e)):
+        eng = sys.modules.get("diffexplore.engine")   # our own errors are one line wherever they are raised
+        ours = (ConfigError,) + ((eng.NonFiniteLossError,) if eng else ())
+        if isinstance(e, _user_errors()) and os.environ.get("DIFFEXPLORE_DEBUG") != "1" and (isinstance(e, ours) or not _is_bug(e)):
             print(f"diffexplore: error: {e}", file=sys.stderr); return 2
+        if type(e).__name__ == "SIGTERMException" and args.cmd == "study":   # the cell's InterruptCheckpoint was saved; cell.json marks the finished ones
+            print("diffexplore: stopped by SIGTERM; run the same command again to continue (finished cells are kept, the cut one resumes)", file=sys.stderr); return 143
         if type(e).__name__ == "SIGTERMException":   # Lightning saved checkpoints/interrupted.ckpt (InterruptCheckpoint) before this
             run = args.run_dir or (Path(args.resume).parent.parent if args.resume else Path("runs") / Path(args.config or "run").stem)
             print(f"diffexplore: stopped by SIGTERM; continue with --resume {Path(run) / 'checkpoints' / 'interrupted.ckpt'}", file=sys.stderr); return 143

@@ -4,6 +4,7 @@
 
 # %% ../nbs/09_conditioning.ipynb #103cef1f
 from __future__ import annotations
+import numbers
 from contextlib import nullcontext
 from typing import Mapping, Sequence
 
@@ -20,9 +21,9 @@ __all__ = ['IdentityEmbedder', 'AbstractEmbModel', 'ClassEmbedder', 'IdentityEnc
 
 # %% ../nbs/09_conditioning.ipynb #b5de1000
 def _check_rate(value) -> float:
-    v = float(value)
-    if not 0.0 <= v <= 1.0: raise ValueError(f"ucg_rate must be in [0, 1]; got ucg_rate={value!r}")
-    return v
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"ucg_rate must be a number in [0, 1]; got ucg_rate={value!r}")
+    return float(value)
 
 class AbstractEmbModel(nn.Module):
     """Base class of embedders: `forward(input) -> Tensor` (or a tuple of tensors) of shape `[B, ...]`.
@@ -134,20 +135,24 @@ class CharEmbedder(AbstractEmbModel):
     def extra_repr(self) -> str: return f"embed_dim={self.embed_dim}, max_length={self.max_length}, return_pooled={self.return_pooled}, " + super().extra_repr()
 
 # %% ../nbs/09_conditioning.ipynb #f7fbaa4f
-def _as_embedder(entry) -> AbstractEmbModel:
-    "An embedder object as is, or one built from an sgm-style dict with its settings next to `target`."
+def _as_embedder(entry, at: str = "emb_models") -> AbstractEmbModel:
+    "An embedder object as is, or one built from an sgm-style dict with its settings next to `target`; errors name its key path `at`."
     if hasattr(entry, "_metadata"):
         from omegaconf import OmegaConf
         entry = OmegaConf.to_container(entry, resolve=True)
-    if isinstance(entry, Mapping):
-        if "input_keys" in entry and "input_key" not in entry: raise ValueError(f"input_keys (several inputs) is not supported; got {entry['input_keys']!r}")
-        emb = instantiate_from_config(entry)
+    try:
+        if isinstance(entry, Mapping):
+            if "input_keys" in entry and "input_key" not in entry: raise ValueError(f"input_keys (several inputs) is not supported; got {entry['input_keys']!r}")
+            emb = instantiate_from_config(entry, path=at)
+            _check_type(emb)
+            emb.is_trainable, emb.ucg_rate = entry.get("is_trainable", False), entry.get("ucg_rate", 0.0)
+            emb.input_key, emb.legacy_ucg_value = entry.get("input_key"), entry.get("legacy_ucg_value")
+        else: emb = entry
         _check_type(emb)
-        emb.is_trainable, emb.ucg_rate = entry.get("is_trainable", False), entry.get("ucg_rate", 0.0)
-        emb.input_key, emb.legacy_ucg_value = entry.get("input_key"), entry.get("legacy_ucg_value")
-    else: emb = entry
-    _check_type(emb)
-    if emb.input_key is None: raise ValueError(f"embedder {type(emb).__name__} needs an input_key (the batch entry it embeds)")
+        if emb.input_key is None: raise ValueError(f"embedder {type(emb).__name__} needs an input_key (the batch entry it embeds)")
+    except (ValueError, TypeError) as e:
+        if getattr(e, "_config_path", None) is not None: raise
+        raise type(e)(f"{at}: {e}") from e
     return emb
 
 def _check_type(emb):
@@ -230,7 +235,7 @@ class GeneralConditioner(nn.Module):
     def __init__(self, emb_models: Sequence, # embedder objects and/or sgm-style dicts (`target`, `params`, settings)
                  ucg_joint: bool = False): # one dropout mask for all embedders (fully unconditional samples at rate ucg_rate)
         super().__init__()
-        self.embedders = nn.ModuleList([_as_embedder(e) for e in emb_models])
+        self.embedders = nn.ModuleList([_as_embedder(e, f"emb_models.{i}") for i, e in enumerate(emb_models)])
         self.ucg_joint = ucg_joint
         for emb in self.embedders:
             if not emb.is_trainable: emb.requires_grad_(False).eval()

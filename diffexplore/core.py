@@ -4,7 +4,8 @@
 
 # %% ../nbs/00_core.ipynb #e958e3a3
 from __future__ import annotations
-import contextvars, importlib, inspect, math, numbers, re
+import contextvars, importlib, inspect, math, numbers, re, types, typing
+from collections import abc
 from contextlib import contextmanager
 from typing import Any, Callable, Mapping
 
@@ -194,6 +195,7 @@ def get_obj_from_str(target: str # dotted path `package.module.Name`; sgm paths 
     `TargetNotAllowed` (a `ValueError`) for a target that is not an allowed component: checked on the path before
     anything is imported, then on the object; `ValueError` naming `target` if it cannot be found.
     Source: `sgm/util.py: get_obj_from_str`, which imports any path; the allow-list is diffexplore's (issue 15, item 7)."""
+    if not isinstance(target, str): raise ValueError(f"target must be a dotted path 'module.Name'; got target={target!r}")
     path = resolve_target(target)
     module, _, name = path.rpartition('.')
     if not module: raise ValueError(f"target must be a dotted path 'module.Name'; got target={target!r}")
@@ -212,14 +214,41 @@ def _build(v, path: str):
     "Build a target-dict param; lists are passed as they are (sgm's GeneralConditioner reads settings next to each entry's target)."
     return instantiate_from_config(v, path=path) if _is_config(v) else v
 
-def _named(e: Exception, params: dict, written: dict, path: str, target: str, at) -> Exception:
-    "`e` raised again with the key path of the param whose value it names in front, else the object's path."
+def _fits(v, h) -> bool | None:
+    "Does `v` fit the annotation `h`? None when `h` is not a plain bool/int/float/str/list/tuple/dict/Sequence/Mapping/None (or a union of them)."
+    origin = typing.get_origin(h) or h
+    if origin in (typing.Union, types.UnionType):
+        fits = [_fits(v, a) for a in typing.get_args(h)]
+        return True if True in fits else (None if None in fits else False)
+    plain = {bool: lambda: isinstance(v, bool), int: lambda: isinstance(v, int) and not isinstance(v, bool),
+             float: lambda: isinstance(v, numbers.Real) and not isinstance(v, bool), str: lambda: isinstance(v, str),
+             type(None): lambda: v is None, list: lambda: isinstance(v, (list, tuple)), tuple: lambda: isinstance(v, (list, tuple)),
+             dict: lambda: isinstance(v, Mapping), abc.Mapping: lambda: isinstance(v, Mapping), abc.Sequence: lambda: isinstance(v, (list, tuple))}
+    return plain[origin]() if origin in plain else None
+
+def _mistyped(cls, params: dict) -> str | None:
+    "The first param whose value its plain annotation refuses (`lr: float` given a list), or None."
+    try: hints = typing.get_type_hints(cls.__init__ if inspect.isclass(cls) else cls)
+    except Exception: return None
+    return next((k for k, v in params.items() if k in hints and _fits(v, hints[k]) is False), None)
+
+def _named(e: Exception, params: dict, written: dict, path: str, target: str, at, cls=None) -> Exception:
+    """`e` raised again with the key path of the param whose value it names in front, else of a param whose value
+    does not fit its annotation (`_mistyped`), else the object's path."""
     scalars = {k: repr(v) for k, v in params.items() if isinstance(v, (str, int, float)) and not isinstance(v, bool)}
     named = sorted((k for k, r in scalars.items() if f"{k}={r}" in str(e)), key=lambda k: str(e).index(f"{k}={scalars[k]}"))   # the first `name=value` in the message, else a value on its own
     bad = (named or [k for k, r in scalars.items() if re.search(rf"(?<![\w.]){re.escape(r)}(?![\w.])", str(e))] or [None])[0]
-    where = at(written[bad]) if bad else f"{path} (target={target!r})"
-    err = type(e)(f"{where}: {e}"); err._config_path = where
+    typo = None if bad else _mistyped(cls, params)
+    where = at(written[bad or typo]) if bad or typo else f"{path} (target={target!r})"
+    kind = type(e) if not isinstance(e, RuntimeError) else ValueError if bad or typo else RuntimeError   # torch's size errors are the input's
+    err = kind(f"{where}: {e}" if not typo else f"{where}={params[typo]!r} is of the wrong type: {e}"); err._config_path = where
     return err
+
+def _bad_params(e: TypeError, target: str, path: str) -> TypeError:
+    "`inspect.Signature.bind`'s error with the config path in front, and sgm's `foo_config` spelling of a missing `foo`."
+    missing = re.search(r"missing a required argument: '(\w+)'", str(e))
+    sgm = f" (written {missing[1]}_config in sgm's configs)" if missing else ""
+    return TypeError(f"{path + '.params: ' if path else ''}bad params for target={target!r}: {e}{sgm}")
 
 def _rename_sgm_params(cls, params: dict) -> dict:
     "sgm passes `foo_config` where our constructors take the built object `foo`."
@@ -237,13 +266,15 @@ def check_targets(config, # a config: mappings and lists, a `target` key where a
                   path: str = "", # its key path, named in errors
                  ) -> None:
     """Raise `TargetNotAllowed` (`model.params.network_config: target 'os.system' is not an allowed component ...`)
-    for the first target anywhere in `config` that `get_obj_from_str` refuses; unknown targets are left to the build,
-    which names them. Imports only allowed packages."""
+    for the first target anywhere in `config` that `get_obj_from_str` refuses, `ValueError` naming the key for a target
+    that is not a string (`model.target=5`); unknown targets are left to the build, which names them. Imports only allowed packages."""
     if hasattr(config, "_metadata"):
         from omegaconf import OmegaConf
         config = OmegaConf.to_container(config, resolve=False)
     at = lambda k: f"{path}.{k}" if path else str(k)
     if isinstance(config, Mapping):
+        if "target" in config and not isinstance(config["target"], str):
+            raise ValueError(f"{at('target')} must be a dotted path 'module.Name'; got {at('target')}={config['target']!r}")
         if isinstance(t := config.get("target"), str):
             try: get_obj_from_str(t)
             except TargetNotAllowed as e: raise TargetNotAllowed(f"{path}: {e}" if path else str(e)) from None
@@ -262,9 +293,11 @@ def instantiate_from_config(config: Mapping, # `{"target": "module.Class", "para
     passed as `foo` where our class takes the built object. Also accepts sgm's special targets
     `__is_first_stage__` and `__is_unconditional__` (returns `None`). Every target is checked against the allow-list
     first (`check_targets`): a refused one raises `TargetNotAllowed` naming its key path before anything is built.
-    Raises `ValueError` for a missing/unknown `target`, `TypeError` for missing or unexpected params; an error a
+    Raises `ValueError` for a missing/unknown `target`, `TypeError` for missing or unexpected params (naming the path
+    and, for a missing one, its sgm spelling `foo_config`); an error a
     constructor raises is raised again with the key path of the param it names in front (`model.params....p_mean:
-    could not convert string to float: 'abc'`), or the path of the object.
+    could not convert string to float: 'abc'`), or the path of the object; torch's `RuntimeError` that names a param's
+    value (`Trying to create tensor with negative dimension -3`) becomes a `ValueError` naming that param.
     Source: `sgm/util.py: instantiate_from_config`."""
     if hasattr(config, "_metadata") or type(config).__name__ == "DictConfig":
         from omegaconf import OmegaConf
@@ -272,18 +305,20 @@ def instantiate_from_config(config: Mapping, # `{"target": "module.Class", "para
     check_targets(config, path)
     if not _is_config(config):
         if config in ("__is_first_stage__", "__is_unconditional__"): return None
-        raise ValueError(f"config must be a mapping with a 'target' key; got config={config!r}")
+        raise ValueError(f"{path + ': ' if path else ''}config must be a mapping with a 'target' key; got config={config!r}")
     target, params = config["target"], config.get("params") or {}
-    if not isinstance(params, Mapping): raise TypeError(f"params of target={target!r} must be a mapping; got params={params!r}")
+    if not isinstance(params, Mapping): raise TypeError(f"{path + '.' if path else ''}params of target={target!r} must be a mapping; got params={params!r}")
     cls = get_obj_from_str(target)
     at = lambda k: f"{path}.params.{k}" if path else f"params.{k}"
     typed = list(params)   # the keys as written (sgm's `foo_config`), for error paths
     params = _rename_sgm_params(cls, {k: _build(v, at(k)) for k, v in params.items()})
     written = dict(zip(params, typed))
     try: inspect.signature(cls).bind(**params)
-    except TypeError as e: raise TypeError(f"bad params for target={target!r}: {e}") from e
+    except TypeError as e: raise _bad_params(e, target, path) from e
     except ValueError: pass  # builtins without a signature: let the call decide
     try: return cls(**params)
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, RuntimeError) as e:
         if getattr(e, "_config_path", None) is not None or not path: raise
-        raise _named(e, params, written, path, target, at) from e
+        err = _named(e, params, written, path, target, at, cls)
+        if isinstance(e, RuntimeError) and not isinstance(err, ValueError): raise   # torch failed on no param we can name: keep its traceback
+        raise err from e

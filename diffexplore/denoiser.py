@@ -8,6 +8,7 @@ import torch
 from torch import nn, Tensor
 from .core import Repr, append_dims, as_sigma, check, unchecked
 from .scalings import DenoiserScaling, ScoreScaling
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['PARAMETRIZATIONS', 'Denoiser', 'network_output_to_denoised', 'ideal_network_output', 'to_denoised', 'from_denoised',
@@ -175,3 +176,12 @@ class DiscreteDenoiser(Denoiser):
 def _c_noise_is_sigma(scaling) -> bool:
     probe = torch.tensor([0.1, 1.0, 7.0], dtype=torch.float64)
     return torch.allclose(scaling(probe)[3], probe)
+
+# %% ../nbs/05_denoiser.ipynb #ae6e3365
+@patch
+def _apply(self: DiscreteDenoiser, fn, recurse=True):
+    "Device moves follow the module; dtype casts leave the σ table float32 (it defines the timesteps; bf16 merges 230 of SD's 1000)."
+    table = self.sigmas
+    nn.Module._apply(self, fn, recurse)
+    if self.sigmas.dtype != table.dtype: self.sigmas = table.to(self.sigmas.device)
+    return self

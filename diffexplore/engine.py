@@ -21,11 +21,11 @@ from .loss import add_noise
 from .core import Repr, unchecked, _call_overridden, get_obj_from_str, OPENAIUNETWRAPPER
 
 # %% auto #0
-__all__ = ['DEFAULT_SIGMA_EDGES', 'FAST_SWITCHES', 'ema_decay', 'LitEma', 'sigma_bucket_names', 'loss_per_sigma_bucket',
-           'CompiledStep', 'wrap_network', 'DiffusionEngine', 'NonFiniteLossError', 'conditioner_classes',
-           'LossProgressBar', 'fast_gpu_settings', 'class_balanced_labels', 'SampleGridCallback', 'FinalCheckpoint',
-           'InterruptCheckpoint', 'KeepingCSVLogger', 'ImageLogger', 'excess_loss_unsupported', 'class_dropout',
-           'weighted_errors', 'ExcessLoss']
+__all__ = ['DEFAULT_SIGMA_EDGES', 'PRECISION_REFUSED', 'FAST_SWITCHES', 'ema_decay', 'LitEma', 'sigma_bucket_names',
+           'loss_per_sigma_bucket', 'CompiledStep', 'wrap_network', 'DiffusionEngine', 'NonFiniteLossError',
+           'conditioner_classes', 'LossProgressBar', 'fast_gpu_settings', 'class_balanced_labels', 'SampleGridCallback',
+           'FinalCheckpoint', 'InterruptCheckpoint', 'KeepingCSVLogger', 'ImageLogger', 'excess_loss_unsupported',
+           'class_dropout', 'weighted_errors', 'ExcessLoss']
 
 # %% ../nbs/11_engine.ipynb #bdc536b8
 def ema_decay(decay: float, # the configured maximum decay d in [0, 1)
@@ -192,7 +192,8 @@ class DiffusionEngine(pl.LightningModule):
     diffusion space (set from the first batch when `None`). Logs `train/loss`, `train/lr`, `train/ema_decay`,
     `loss_sigma/<bucket>`, and `<name>_sigma/<bucket>` for each value of a loss's `per_sigma_logs` (`LearnedWeightingLoss`:
     `logvar_sigma/…`, `weighted_error_sigma/…`). A loss that is an `nn.Module` is a submodule: its parameters are in
-    the state_dict and trained by the AdamW (not averaged by the EMA, not used by sampling). Raises `NonFiniteLossError` on a NaN/inf loss, `ValueError` for a bad `lr`/`warmup_steps`.
+    the state_dict and trained by the AdamW (not averaged by the EMA, not used by sampling). Raises `NonFiniteLossError` on a NaN/inf loss, `ValueError` for a bad `lr`/`warmup_steps`,
+    and before the first step for a precision it cannot train with (`PRECISION_REFUSED`: Lightning's `16-true`).
     GPU switches (a switch left `None` is on with CUDA and off on the CPU; measured in BENCHMARKS.md):
     `sync_checks=False` checks the loss for NaN/inf on the device and raises one step later, with host-side values
     logged only on the steps the loggers write (`deferred_checks`; the progress bar then shows `host_loss`);
@@ -394,17 +395,32 @@ def configure_optimizers(self: DiffusionEngine):
 
 @patch
 def configure_gradient_clipping(self: DiffusionEngine, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
-    """The Trainer's `gradient_clip_val`, also with a fused AdamW: without a gradient scaler (fp32, bf16)
-    the gradients are true gradients and are clipped with torch's `clip_grad_norm_`/`clip_grad_value_`
-    (Lightning refuses fused optimizers outright); with fp16's scaler Lightning's own path (and its error) applies.
-    `gradient_clip_val` > 0 (total L2 norm, or each element's |g| for `gradient_clip_algorithm="value"`).
-    Source: `lightning.pytorch.LightningModule.configure_gradient_clipping` / `clip_gradients`, which it replaces."""
+    """The Trainer's `gradient_clip_val` applied to the true gradients, also with a fused AdamW (Lightning refuses to
+    clip for fused optimizers). Under `16-mixed` the gradients carry the GradScaler's scale: Lightning unscales them
+    before this hook for an ordinary optimizer, but a fused one unscales inside its step, so here `scaler.unscale_`
+    does it first (its step then unscales nothing and still skips a step with inf/NaN gradients). Clips with torch's
+    `clip_grad_norm_`/`clip_grad_value_`: `gradient_clip_val` > 0 (total L2 norm, or each |g| for
+    `gradient_clip_algorithm="value"`). Source: `lightning.pytorch.LightningModule.configure_gradient_clipping`, which
+    it replaces; PyTorch's AMP examples, "Gradient clipping" (`unscale_` before clipping; `torch.amp.GradScaler.step`)."""
+    if not gradient_clip_val: return
     scaler = getattr(getattr(self.trainer, "precision_plugin", None), "scaler", None)
-    if not gradient_clip_val or scaler is not None:
-        return pl.LightningModule.configure_gradient_clipping(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
+    if scaler is not None and getattr(optimizer, "_step_supports_amp_scaling", False): scaler.unscale_(optimizer)
     params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
     if gradient_clip_algorithm == "value": torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
     else: torch.nn.utils.clip_grad_norm_(params, gradient_clip_val, foreach=True)
+
+# %% ../nbs/11_engine.ipynb #5fb10ae6
+PRECISION_REFUSED = {
+    "16-true": "float16 weights lose AdamW's second moment (0.001·g² rounds to 0 for gradients below 5e-3) and its eps (1e-8 rounds to 0), "
+               "so the first step writes inf/NaN into them; use precision='16-mixed' (float32 weights, float16 compute) or 'bf16-mixed'",
+}
+"Lightning precisions the engine refuses before the first step: what goes wrong, and what to use instead."
+
+@patch
+def setup(self: DiffusionEngine, stage: str = None):
+    "Lightning's first hook of a fit, before the module is cast: `ValueError` (one line) for a precision in `PRECISION_REFUSED`."
+    precision = str(self.trainer.precision) if self._trainer is not None else "32-true"
+    if precision in PRECISION_REFUSED: raise ValueError(f"precision={precision!r} cannot train this engine: {PRECISION_REFUSED[precision]}")
 
 # %% ../nbs/11_engine.ipynb #19100a60
 def _rng_states() -> dict:
@@ -636,7 +652,7 @@ class FinalCheckpoint(Callback):
     is left to that callback (`save_last=True`), so `last.ckpt` is written once."""
     def __init__(self, path, every_n_steps: int = 0): self.path, self.every_n_steps, self._saved_step = Path(path), int(every_n_steps), None
     def _save(self, trainer):
-        if not (self.every_n_steps > 0 and trainer.global_step % self.every_n_steps == 0): trainer.save_checkpoint(self.path)
+        if not (self.every_n_steps > 0 and trainer.global_step % self.every_n_steps == 0): trainer.save_checkpoint(self.path, weights_only=False)
         self._saved_step = trainer.global_step
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if (trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps) or trainer.should_stop: self._save(trainer)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/17_live.ipynb #5b8bf276
 from __future__ import annotations
-import base64, io, math, os, queue, threading, time, warnings
+import base64, html, io, math, os, queue, threading, time, warnings
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 
@@ -321,22 +321,29 @@ def on_train_batch_start(self: LiveTrainingView, trainer, pl_module, batch, batc
 @patch
 def on_train_batch_end(self: LiveTrainingView, trainer, pl_module, outputs, batch, batch_idx):
     self._unrecorded, self._outputs = True, outputs
+    self._guard(self._after_batch, trainer, pl_module)
+
+@patch
+def on_train_end(self: LiveTrainingView, trainer, pl_module): self._guard(self._finish, trainer)
+@patch
+def on_exception(self: LiveTrainingView, trainer, pl_module, exception): self._guard(self._finish, trainer)
+
+@patch
+def _after_batch(self: LiveTrainingView, trainer, pl_module):
+    "Stop if asked, draw a due sample grid, redraw when the interval has passed (each part guarded on its own)."
     if self._stop_requested: self._guard(self._stop, trainer)
     if self._sample_due(trainer.global_step): self._guard(self._sample, trainer, pl_module)
     interval = push_interval(self.min_interval_s, self._draw_s, self.max_draw_fraction)
     if should_push(time.monotonic(), self._last_push, interval): self.push()
 
 @patch
-def on_train_end(self: LiveTrainingView, trainer, pl_module): self._finish(trainer)
-@patch
-def on_exception(self: LiveTrainingView, trainer, pl_module, exception): self._finish(trainer)
-
-@patch
 def _guard(self: LiveTrainingView, fn, *args) -> bool:
-    "Run `fn(*args)`; on an exception count it, warn on the first one, and return False."
+    "Run `fn(*args)`; on an exception count it, warn on the first one, show it in the status line and return False."
     try: fn(*args); return True
     except Exception as e:
         self.errors += 1; self.last_error = e
+        try: self.status.value = f"<b>view error {self.errors}</b>: {html.escape(f'{type(e).__name__}: {e}')} · training goes on"
+        except Exception: pass   # the status widget itself may be what fails
         if self.errors == 1:
             warnings.warn(f"LiveTrainingView: {getattr(fn, '__name__', fn)} raised {type(e).__name__}: {e}. "
                           "Training goes on; later errors are only counted in view.errors.", RuntimeWarning)
@@ -400,10 +407,10 @@ def _draw(self: LiveTrainingView):
            for k in buckets]
     self.fig.plotly_restyle({"x": [a for a, _ in xy], "y": [b for _, b in xy]},
                             trace_indexes=[self._index[k] for k in ("loss", "loss_smooth", "lr", *buckets)])
-    if self._grid_dirty:
-        self.fig.plotly_restyle({"source": _png_data_uri(self._grid)}, trace_indexes=[self._index["samples"]])
-        self._grid_dirty = False
     self.status.value = self._status_text()
+    if self._grid_dirty:   # a grid that fails to show is dropped, not tried again at every redraw
+        self._grid_dirty = False
+        self.fig.plotly_restyle({"source": _png_data_uri(self._grid)}, trace_indexes=[self._index["samples"]])
 
 @patch
 def push(self: LiveTrainingView):
@@ -473,7 +480,7 @@ def _stop(self: LiveTrainingView, trainer):
     folder = self.checkpoint_dir or getattr(trainer.checkpoint_callback, "dirpath", None)
     if folder:
         path = os.path.join(folder, f"stopped-step={trainer.global_step}.ckpt")
-        trainer.save_checkpoint(path); self.stopped_checkpoint = path
+        trainer.save_checkpoint(path, weights_only=False); self.stopped_checkpoint = path
 
 @patch
 def _finish(self: LiveTrainingView, trainer):

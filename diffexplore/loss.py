@@ -11,7 +11,8 @@ from fastcore.basics import patch
 from .core import Repr, append_dims, as_sigma, check, check_int, unchecked
 
 # %% auto #0
-__all__ = ['LOSS_TYPES', 'add_noise', 'check_weight_on_support', 'StandardDiffusionLoss', 'LogVarHead', 'LearnedWeightingLoss']
+__all__ = ['LOSS_TYPES', 'add_noise', 'check_weight_on_support', 'network_compute_dtype', 'check_output_weight',
+           'StandardDiffusionLoss', 'LogVarHead', 'LearnedWeightingLoss']
 
 # %% ../nbs/06_loss.ipynb #7238bc90
 def add_noise(x0: Tensor, # clean data [B, ...]
@@ -34,6 +35,45 @@ def check_weight_on_support(sigma_sampler, # draws training σ; its `support` (l
     if not finite:
         raise ValueError(f"loss_weighting={loss_weighting!r} is infinite at sigma=0.0, which sigma_sampler={sigma_sampler!r} "
                          f"can draw; give the σ sampler sigma_min > 0 or use a weighting finite at 0")
+
+# %% ../nbs/06_loss.ipynb #928e3b7c
+def _c_out(denoiser, sigma: Tensor) -> Tensor | None:
+    "c_out(σ) in float64 for host σ `[B]`, as `denoiser` computes it (σ quantized; σ² for `is_score_output`); None without a `scaling`."
+    scaling = getattr(denoiser, "scaling", None)
+    if scaling is None: return None
+    s = getattr(denoiser, "possibly_quantize_sigma", lambda s: s)(sigma).double()
+    return s**2 if getattr(denoiser, "is_score_output", False) else unchecked(scaling)(s)[1].double()
+
+def network_compute_dtype(input: Tensor) -> torch.dtype:
+    "The half dtype the step runs the network in (`input`'s, or autocast's on its device), else float32."
+    dev = input.device.type
+    if input.dtype in (torch.float16, torch.bfloat16): return input.dtype
+    return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else torch.float32
+
+# %% ../nbs/06_loss.ipynb #bb9d9c70
+def check_output_weight(denoiser, # the engine's denoiser: its `scaling` gives c_out (a denoiser without one passes)
+                        loss_weighting, # w(σ)
+                        sigmas: Tensor, # σ [B] on the host, already checked by the weighting and the denoiser
+                        dtype: torch.dtype = torch.float32, # the dtype the network computes in (`network_compute_dtype`)
+                        loss_type: str = "l2", # "l2": λ_F = w·c_out²; "l1": w·|c_out|
+                       ):
+    """`ValueError` naming the scaling, the weighting and the first σ where the weight on the network output's error,
+    λ_F = w(σ)·c_out(σ)² (float64, from σ alone), exceeds `dtype`'s largest finite value (65504 for float16), or w
+    itself exceeds float32's (the loss is computed in float32), or either is NaN: the loss or its gradient, 2·λ_F·(F − F*)
+    per element, would overflow. Reads only host values. A necessary bound, measured sufficient for the digits U-Net by
+    `bench/numerics_table.py`. Source: Karras et al. 2022, eq. 8 (λ_F); Micikevicius et al. 2018 (arXiv 1710.03740),
+    §3.2 (fp16's range)."""
+    c_out = _c_out(denoiser, sigmas)
+    if c_out is None: return
+    w = torch.as_tensor(unchecked(loss_weighting)(sigmas.double()), dtype=torch.float64)
+    lam = w * c_out.abs() ** (2 if loss_type == "l2" else 1)
+    for name, v, dt in (("w", w, torch.float32), ("w*c_out^2", lam, dtype)):
+        top = torch.finfo(dt).max
+        if bool((bad := ~(v <= top)).any()):
+            raise ValueError(f"{denoiser.scaling!r} with loss_weighting={loss_weighting!r} at sigma={sigmas[bad][0].item():.4g}: "
+                             f"the loss weights the network output's error by {name} = {v[bad][0].item():.3g}, beyond {dt}'s "
+                             f"largest value {top:.6g}, so it overflows; pair the scaling with its own weighting, train in "
+                             f"bf16/float32, or keep sigma where {name} <= {top:.6g}")
 
 # %% ../nbs/06_loss.ipynb #a2583352
 LOSS_TYPES = ("l2", "l1")
@@ -76,15 +116,22 @@ def prepare(self: StandardDiffusionLoss, denoiser, conditioner, input: Tensor, b
     """Steps 1–2 and every σ check: `(σ [B] on input's device, cond, extra network kwargs)`.
 
     σ is drawn by `sigma_sampler` (on the host) unless given, checked there by the weighting and the denoiser
-    (`core.check`), then copied to the device without waiting for it. Raises `ValueError` naming σ."""
+    (`core.check`) and by `check_output_weight` for the dtype the network runs in, then copied to the device without
+    waiting for it. Raises `ValueError` naming σ."""
     cond = conditioner(batch) if conditioner is not None else {}
     extra = {k: batch[k] for k in self.batch2model_keys.intersection(batch)}
     n = input.shape[0]
     sigmas = as_sigma(self.sigma_sampler(n) if sigmas is None else sigmas, name="sigmas")
     if sigmas.shape != (n,): raise ValueError(f"sigmas must have shape [B] = [{n}]; got shape {tuple(sigmas.shape)}")
     sigmas = check(denoiser, check(self.loss_weighting, sigmas))
+    check_output_weight(denoiser, self.output_weighting(), sigmas, network_compute_dtype(input), self.loss_type)
     if input.is_cuda and sigmas.device.type == "cpu": sigmas = sigmas.pin_memory()   # a pinned copy does not wait
     return sigmas.to(input.device, non_blocking=True), cond, extra
+
+@patch
+def output_weighting(self: StandardDiffusionLoss):
+    "The weight on ‖D − x_0‖² that `check_output_weight` checks: `loss_weighting` (a learned loss adds its own factor)."
+    return self.loss_weighting
 
 # %% ../nbs/06_loss.ipynb #7c5b8d95
 @patch
@@ -173,3 +220,17 @@ def per_sigma_logs(self: LearnedWeightingLoss, loss: Tensor, sigmas: Tensor) -> 
     no second forward."""
     u = self.logvar(sigmas)
     return {"logvar": u, "weighted_error": (loss.detach().float() - u) * u.exp()}
+
+# %% ../nbs/06_loss.ipynb #5a690ab2
+class _LearnedLambda(Repr):
+    "λ(σ)·e^{−u(σ)}, the learned loss's weight on mean((D − x_0)²), for host σ and a head on the host (no grad)."
+    def __init__(self, weighting, head): self.weighting, self.head = weighting, head
+    def __call__(self, sigma):
+        with torch.no_grad(): return unchecked(self.weighting)(sigma) * torch.exp(-self.head(sigma).to(sigma.dtype))
+    def __repr__(self): return f"{self.weighting!r}*exp(-u)"
+
+@patch
+def output_weighting(self: LearnedWeightingLoss):
+    """λ·e^{−u} where u's head is on the host (reading it costs nothing there); λ alone on a GPU, where reading u
+    would wait for the device every step (u ≈ ln of the loss keeps λ·e^{−u} near the weight on a unit error)."""
+    return _LearnedLambda(self.loss_weighting, self.logvar) if self.logvar.weight.device.type == "cpu" else self.loss_weighting

@@ -61,9 +61,10 @@ class Net(torch.nn.Module):
 def test_learned_weighting_loss_finite(ac, scaling):
     torch.manual_seed(0)
     s = sigmas(torch.float32)
+    s = s[s >= getattr(scaling, "sigma_min", 0.0)]             # a consistency model is defined from its σ_min on
     x0 = torch.randn(len(s), 1, 2, 2) * 0.5
     lf = LearnedWeightingLoss(LogitNormalSampling(), EDMWeighting(0.5))
-    with torch.no_grad(): lf.logvar.weight.normal_()          # a trained-looking u, not the zero start
+    with torch.no_grad(): lf.logvar.weight.normal_(std=lf.logvar_channels ** -0.5)   # a trained-looking u ~ N(0, 1), not the zero start
     with autocast(ac):
         loss = lf(Net(), Denoiser(scaling), None, x0, {}, sigmas=s)
     assert loss.shape == (len(s),) and loss.dtype == torch.float32 and bool(torch.isfinite(loss).all()), (scaling, ac)
