@@ -996,6 +996,7 @@ def _parser():
     y.add_argument("--config", required=True, help="a study YAML (e.g. configs/study_digits.yaml)")
     y.add_argument("--out", default=None, help="output folder of the study")
     y.add_argument("--report-only", action="store_true", help="write the report from the runs already there, train nothing")
+    y.add_argument("--jobs", type=int, default=1, help="cells run at once, each in its own process (default 1; e.g. the number of cores)")
     y.add_argument("--allow-module", action="append", default=[], metavar="MODULE", help=_ALLOW_HELP)
     return p
 
@@ -1093,7 +1094,7 @@ def _run_command(args) -> int:
     if args.cmd == "study":
         from diffexplore.study import run_study
         if args.out and Path(args.out).exists() and not Path(args.out).is_dir(): raise ConfigError(f"--out {args.out} is a file; a study's --out is a folder")
-        print(json.dumps(run_study(args.config, args.out, report_only=args.report_only), indent=2)); return 0
+        print(json.dumps(run_study(args.config, args.out, report_only=args.report_only, jobs=args.jobs), indent=2)); return 0
     cfg, run_dir = _train_config(args)
     from diffexplore.core import check_targets
     check_targets(cfg)   # every target of the config, before data, model or callbacks are built

@@ -14,8 +14,9 @@ from torch import Tensor
 
 # %% auto #0
 __all__ = ['SGM_MODULES', 'SGM_CLASSES', 'OPENAIUNETWRAPPER', 'ALLOWED_COMPONENTS', 'FACTORIES', 'append_dims', 'as_sigma',
-           'check', 'unchecked', 'check_positive', 'check_int', 'Repr', 'resolve_target', 'TargetNotAllowed',
-           'trusted_modules', 'get_obj_from_str', 'check_targets', 'instantiate_from_config', 'seed_everything']
+           'check', 'unchecked', 'check_positive', 'check_int', 'Repr', 'keep_dtype_on_cast', 'resolve_target',
+           'TargetNotAllowed', 'trusted_modules', 'get_obj_from_str', 'check_targets', 'instantiate_from_config',
+           'seed_everything']
 
 # %% ../nbs/00_core.ipynb #4d4728f5
 def append_dims(x: Tensor, # tensor of shape `[B, ...]`, e.g. σ of shape `[B]`
@@ -99,6 +100,21 @@ class Repr:
                   if p.name != 'self' and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
         args = ', '.join(f"{p.name}={getattr(self, p.name)!r}" for p in params if hasattr(self, p.name))
         return f"{type(self).__name__}({args})"
+
+# %% ../nbs/00_core.ipynb #e387eee8
+def keep_dtype_on_cast(module: torch.nn.Module, # the module whose `_apply` this is
+                       fn, # what `nn.Module._apply` takes (`.to`, `.half()`, `.cuda()` pass it)
+                       recurse: bool, # as in `nn.Module._apply`
+                       names, # buffer names whose dtype a cast must not change (e.g. `("sigmas",)`)
+                      ) -> torch.nn.Module:
+    """`nn.Module._apply(fn)` with the buffers `names` moved to the new device but kept in their dtype and values.
+    Source: torch `nn.Module._apply` (what `to`, `half`, `bfloat16` and `cuda` call)."""
+    keep = {n: getattr(module, n) for n in names}
+    torch.nn.Module._apply(module, fn, recurse)
+    for n, t in keep.items():
+        now = getattr(module, n)
+        if now.dtype != t.dtype: setattr(module, n, t.to(now.device))
+    return module
 
 # %% ../nbs/00_core.ipynb #d7c8b07e
 from lightning.fabric.utilities.seed import seed_everything

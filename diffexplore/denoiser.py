@@ -6,7 +6,7 @@
 from __future__ import annotations
 import torch
 from torch import nn, Tensor
-from .core import Repr, append_dims, as_sigma, check, unchecked
+from .core import Repr, append_dims, as_sigma, check, keep_dtype_on_cast, unchecked
 from .scalings import DenoiserScaling, ScoreScaling
 from fastcore.basics import patch
 
@@ -181,7 +181,4 @@ def _c_noise_is_sigma(scaling) -> bool:
 @patch
 def _apply(self: DiscreteDenoiser, fn, recurse=True):
     "Device moves follow the module; dtype casts leave the σ table float32 (it defines the timesteps; bf16 merges 230 of SD's 1000)."
-    table = self.sigmas
-    nn.Module._apply(self, fn, recurse)
-    if self.sigmas.dtype != table.dtype: self.sigmas = table.to(self.sigmas.device)
-    return self
+    return keep_dtype_on_cast(self, fn, recurse, ("sigmas",))

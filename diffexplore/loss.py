@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn, Tensor
 from fastcore.basics import patch
-from .core import Repr, append_dims, as_sigma, check, check_int, unchecked
+from .core import Repr, append_dims, as_sigma, check, check_int, keep_dtype_on_cast, unchecked
 
 # %% auto #0
 __all__ = ['LOSS_TYPES', 'add_noise', 'check_weight_on_support', 'network_compute_dtype', 'check_output_weight',
@@ -167,7 +167,7 @@ class LogVarHead(nn.Module):
     """u(σ), the learned log-variance of the loss at σ: a linear layer over fixed Fourier features of c_noise = ln σ/4.
 
     Call: `head(sigma) -> u`, σ `[B]` (> 0; σ = 0 is read as float32's smallest normal, 1.2e-38), u float32 `[B]`,
-    computed in float32 also under autocast or a bf16 cast of the module. Features `√2·cos(2π(f·c_noise + φ))` with
+    computed in float32 also under autocast or a bf16 cast of the module (the cast leaves `freqs` and `phases` float32). Features `√2·cos(2π(f·c_noise + φ))` with
     `channels` frequencies f ~ N(0, 1) and phases φ ~ U(0, 1) drawn from `seed` (buffers: saved, never trained);
     the layer `weight` (`[channels]`, no bias) starts at zero, so u ≡ 0. Raises `ValueError` for `channels` < 1.
     Source: NVlabs/edm2 `training/networks_edm2.py` (`MPFourier`; `Precond.logvar_fourier`, `logvar_linear`)."""
@@ -184,6 +184,9 @@ class LogVarHead(nn.Module):
             c_noise = sigma.float().clamp_min(torch.finfo(torch.float32).tiny).log() / 4
             features = math.sqrt(2) * torch.cos(2 * math.pi * (c_noise[:, None] * self.freqs.float() + self.phases.float()))
             return features @ self.weight.float()
+
+    def _apply(self, fn, recurse=True):   # a cast keeps the features' frequencies and phases float32 (they are drawn from `seed`, not trained)
+        return keep_dtype_on_cast(self, fn, recurse, ("freqs", "phases"))
 
     def extra_repr(self): return f"channels={self.channels}, seed={self.seed}"
 

@@ -357,15 +357,41 @@ def _no_nan(x):
     if isinstance(x, (list, tuple)): return [_no_nan(v) for v in x]
     return x
 
+# %% ../nbs/19_study.ipynb #93eea9e0
+def _cell_in_worker(study: dict, recipe: str, seed: int, out: str, threads: int) -> dict:
+    "`run_cell` in a worker process of `run_study(jobs=...)`, torch on `threads` threads."
+    import torch
+    torch.set_num_threads(threads)
+    return run_cell(OmegaConf.create(study), recipe, seed, out)
+
+def _cells_in_parallel(study: DictConfig, out, todo, # [(grid index, seed, recipe)]
+                       jobs: int):
+    """Yield (grid index, cell) for `todo` as the cells finish, `jobs` at a time, each in a spawned process with
+    cpu_count // jobs torch threads (the judge's classifier cache is written atomically: two first cells may both train it)."""
+    import multiprocessing, os
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from diffexplore.study import _cell_in_worker   # by its module path: a spawned process imports it
+    threads, plain = max(1, (os.cpu_count() or 1) // jobs), OmegaConf.to_container(study)
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_cell_in_worker, plain, r, s, str(out), threads): k for k, s, r in todo}
+        for f in as_completed(futures): yield futures[f], f.result()
+
+def _cell_line(k: int, n: int, c: dict, done_before: bool) -> str:
+    took = "done before" if done_before else f"{c['run_seconds'] + c['measure_seconds']:.0f} s"
+    return f"cell {k}/{n} {c['recipe']} seed {c['seed']}: {took}; accuracy {c['judge'].get('accuracy')}, classifier FD {c['judge'].get('classifier_fid')}"
+
+# %% ../nbs/19_study.ipynb #c587b450
 def run_study(config, # a study YAML (or a shipped study's name, e.g. `study_digits`)
               out=None, # output folder (default runs/<config name>)
               report_only: bool = False, # only summarize the cells already done
               log=print, # one line per cell
+              jobs: int = 1, # cells run at once, each in its own process with cpu_count // jobs torch threads
              ) -> dict: # {"out", "cells_done", "cells_total", "table", "json"}
     """Run every cell of the study not yet done, seed by seed (all recipes of the first seed first, so a stopped study
-    still has paired cells), then write `OUT/study.json` (`summarize`) and `OUT/study.md` (`study_markdown`).
-    Raises `ConfigError` for a bad study config or when `out` holds a study that differs in `CELL_DEFINING`."""
-    study = load_study_config(config)
+    still has paired cells), `jobs` at a time, then write `OUT/study.json` (`summarize`) and `OUT/study.md`
+    (`study_markdown`). A cell computes the same with any `jobs` (each is its own seeded run). Raises `ConfigError` for
+    a bad study config or when `out` holds a study that differs in `CELL_DEFINING`, `ValueError` for `jobs` < 1."""
+    study, jobs = load_study_config(config), check_int(jobs, "jobs")
     out = Path(out) if out else Path("runs") / Path(str(config)).stem
     saved = out / "study.yaml"
     if saved.is_file():
@@ -374,13 +400,13 @@ def run_study(config, # a study YAML (or a shipped study's name, e.g. `study_dig
             if _plain(old.get(k)) != _plain(study.get(k)):
                 raise _study_error(f"out={str(out)!r} holds a study with a different `{k}`; choose a new --out")
     out.mkdir(parents=True, exist_ok=True); OmegaConf.save(study, saved)
-    cells, grid = [], [(s, r) for s in study.seeds for r in study.recipes]
+    cells, grid, todo = {}, [(s, r) for s in study.seeds for r in study.recipes], []
     for k, (seed, recipe) in enumerate(grid, 1):
-        done = (cell_dir(out, recipe, seed) / "cell.json").is_file()
-        if report_only and not done: continue
-        t0 = time.time(); c = run_cell(study, recipe, seed, out); cells.append(c)
-        log(f"cell {k}/{len(grid)} {recipe} seed {seed}: {'done before' if done else f'{time.time() - t0:.0f} s'}; "
-            f"accuracy {c['judge'].get('accuracy')}, classifier FD {c['judge'].get('classifier_fid')}")
-    summary = summarize(study, cells)
+        if (cell_dir(out, recipe, seed) / "cell.json").is_file():
+            cells[k] = run_cell(study, recipe, seed, out); log(_cell_line(k, len(grid), cells[k], True))
+        elif not report_only: todo.append((k, seed, recipe))
+    runs = _cells_in_parallel(study, out, todo, jobs) if jobs > 1 and todo else ((k, run_cell(study, r, s, out)) for k, s, r in todo)
+    for k, c in runs: cells[k] = c; log(_cell_line(k, len(grid), c, False))
+    summary = summarize(study, [cells[k] for k in sorted(cells)])
     (out / "study.json").write_text(json.dumps(_no_nan(summary), indent=1, allow_nan=False)); (out / "study.md").write_text(study_markdown(summary))
     return {"out": str(out), "cells_done": len(cells), "cells_total": len(grid), "table": str(out / "study.md"), "json": str(out / "study.json")}

@@ -12,21 +12,7 @@ from diffexplore.sigma_sampling import EDMSampling
 from diffexplore.loss import StandardDiffusionLoss
 from diffexplore.networks import build_unet, OpenAIWrapper
 from diffexplore import cli
-
-
-def _engine(denoiser=None, loss_fn=None, **kw):
-    return DiffusionEngine(OpenAIWrapper(build_unet("tiny", in_channels=3, sample_size=8)), denoiser or Denoiser(EDMScaling(0.5)),
-                           loss_fn or StandardDiffusionLoss(EDMSampling(), EDMWeighting(0.5)), **kw)
-
-
-def _data(n=6, batch_size=4):
-    return torch.utils.data.DataLoader([{"jpg": x} for x in torch.randn(n, 3, 8, 8, generator=torch.Generator().manual_seed(0))],
-                                       batch_size=batch_size)
-
-
-def _trainer(max_steps, **kw):
-    return pl.Trainer(max_steps=max_steps, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                      enable_model_summary=False, **kw)
+from _toy import tiny_engine as _engine, toy_data as _data, cpu_trainer as _trainer
 
 
 def _aot_eager(monkeypatch, calls):
@@ -195,6 +181,14 @@ def test_cli_no_fast_switches():
     with pytest.raises(SystemExit): cli._parser().parse_args(["train", "--no-fast", "turbo"])
     assert set(FAST_SWITCHES) == {"bf16", "tf32", "benchmark", "compile", "cuda_graphs", "async_checks"}
     assert cli.NO_FAST == FAST_SWITCHES      # the CLI's copy of the names, kept so that parsing imports no torch
+
+
+def test_a_cpu_run_on_a_gpu_machine_gets_no_gpu_settings(tmp_path, monkeypatch):
+    "`trainer.accelerator=cpu` where CUDA is present: `make_trainer` leaves precision and cuDNN benchmark as configured."
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    t = cli.make_trainer(cli.load_config("digits", ["trainer.accelerator=cpu"]), tmp_path)
+    assert str(t.precision) == "32-true" and not any(isinstance(c, pl.callbacks.TQDMProgressBar) and c.refresh_rate > 1 for c in t.callbacks)
 
 
 def test_fast_gpu_settings_progress_bar_refresh():

@@ -17,22 +17,15 @@ from diffexplore.weightings import EDMWeighting
 from diffexplore.sigma_sampling import EDMSampling
 from diffexplore.loss import StandardDiffusionLoss
 from diffexplore.networks import build_unet, OpenAIWrapper
+from _toy import tiny_engine, toy_data, cpu_trainer as _trainer
 
 
 def _engine(denoiser=None, **kw):
     torch.manual_seed(0)
-    return DiffusionEngine(OpenAIWrapper(build_unet("tiny", in_channels=3, sample_size=8)), denoiser or Denoiser(EDMScaling(0.5)),
-                           StandardDiffusionLoss(EDMSampling(), EDMWeighting(0.5)), **kw)
+    return tiny_engine(denoiser, **kw)
 
 
-def _data(n=12, batch_size=4):
-    return torch.utils.data.DataLoader([{"jpg": x} for x in torch.randn(n, 3, 8, 8, generator=torch.Generator().manual_seed(0))],
-                                       batch_size=batch_size)
-
-
-def _trainer(max_steps, **kw):
-    return pl.Trainer(max_steps=max_steps, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                      enable_model_summary=False, **kw)
+def _data(n=12, batch_size=4): return toy_data(n, batch_size)
 
 
 def test_16_true_is_refused_before_the_first_step():

@@ -79,3 +79,18 @@ def test_student_t_against_scipy():
     iv = t_interval([0.91, 0.95, 0.93, 0.90])
     lo, hi = stats.t.interval(0.95, 3, loc=0.9225, scale=stats.sem([0.91, 0.95, 0.93, 0.90]))
     assert (iv["lo"], iv["hi"]) == (pytest.approx(lo, rel=1e-9), pytest.approx(hi, rel=1e-9))
+
+
+def test_two_jobs_compute_the_cells_of_one(tmp_path, monkeypatch):
+    "`run_study(jobs=2)` runs cells in two processes; with the same torch threads (1) every cell equals the one-process run."
+    import torch
+    cfg, old = _tiny_study(tmp_path, steps=6), torch.get_num_threads()
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)             # each of the two workers gets 2 // 2 = 1 thread
+    torch.set_num_threads(1)
+    try:
+        one, two = run_study(cfg, tmp_path / "one", log=lambda s: None), run_study(cfg, tmp_path / "two", log=lambda s: None, jobs=2)
+    finally: torch.set_num_threads(old)
+    times = ("train_seconds", "run_seconds", "measure_seconds")
+    cells = lambda r: [{k: v for k, v in c.items() if k not in times} for c in json.loads(Path(r["json"]).read_text())["cells"]]
+    assert (one["cells_done"], two["cells_done"]) == (4, 4) and cells(one) == cells(two)
+    with pytest.raises(ValueError, match="jobs=0"): run_study(cfg, tmp_path / "zero", jobs=0)
