@@ -7,16 +7,21 @@ become links to its page (`01_scalings.html#anchor`; mkdocs.yml sets `use_direct
 After rendering, the table of contents is pointed at the ids the page's headings really have: mkdocs-jupyter
 builds it through Markdown, whose slugs drop code spans (`## Guiders: `VanillaCFG`` → `#guiders`), while
 nbconvert keeps them in the heading's id (`#guiders-vanillacfg`), so its sidebar links would go nowhere.
-Used by mkdocs.yml (`hooks:`); the notebooks in nbs/ are only read.
+`ROOT_PAGES` (BENCHMARKS.md: every measured figure, with its date, machine and command) join the site from the
+repository's root, after the notebooks, with the images they show.
+Used by mkdocs.yml (`hooks:`); the notebooks in nbs/ and the root pages are only read.
 """
 import html, json, re, shutil, tempfile
 from pathlib import Path
 
 from mkdocs.plugins import event_priority
+from mkdocs.structure.files import File
 
 _DIRECTIVE = re.compile(r"^\s*#\|\s*(.*?)\s*$")
 _NB_LINK = re.compile(r"\]\((?!\w+://)([^)#\s]+)\.ipynb(#[^)\s]*)?\)")
 _tmp: Path | None = None
+ROOT_PAGES = ("BENCHMARKS.md",)
+_IMAGE = re.compile(r"!\[[^\]]*\]\(([^)\s]+)\)")
 
 
 def _directives(src: str) -> tuple[list[str], str]:
@@ -54,6 +59,11 @@ def on_files(files, config):
             nb = json.loads(Path(f.abs_src_path).read_text(encoding="utf-8"))
             out.write_text(json.dumps(clean_notebook(nb), ensure_ascii=False), encoding="utf-8")
             f.abs_src_path = str(out)
+    root = Path(config.config_file_path).parent
+    for name in ROOT_PAGES:   # a root page and the images it shows, at the same paths as in the repository
+        files.append(File.generated(config, name, abs_src_path=str(root / name)))
+        for img in dict.fromkeys(_IMAGE.findall((root / name).read_text(encoding="utf-8"))):
+            files.append(File.generated(config, img, abs_src_path=str(root / img)))
     return files
 
 

@@ -23,6 +23,8 @@ from urllib.request import urlopen
 import pytest
 
 from _browser import CHROMIUM, CHROMIUM_ARGS, needs_browser, sync_playwright
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "docs"))
+from mkdocs_hooks import ROOT_PAGES  # noqa: E402  (the pages the site takes from the repository's root)
 
 REPO = Path(__file__).resolve().parents[1]
 NBS = REPO / "nbs"
@@ -125,7 +127,8 @@ def test_docs_site_in_browser(site, base_url):
 
     nav = [urlsplit(h).path.rsplit("/", 1)[-1] or "index.html" for h in facts.get("index.html", {}).get("nav", [])]
     nav = list(dict.fromkeys(nav))                                        # the current page is listed twice
-    if nav != list(pages): problems.append(f"navigation {nav} is not the notebooks' order {list(pages)}")
+    want = [*pages, *(Path(r).with_suffix(".html").name for r in ROOT_PAGES)]   # the notebooks, then BENCHMARKS
+    if nav != want: problems.append(f"navigation {nav} is not the notebooks' order then the root pages {want}")
     problems = list(dict.fromkeys(problems))                              # a link in the sidebar and the page: once
     assert not problems, f"{len(problems)} problems in the docs site:\n" + "\n".join(problems)
     assert len(facts) >= len(pages) and len(checked) >= len(pages), (len(facts), len(checked))   # it looked at them all
