@@ -799,9 +799,11 @@ def judge_run(engine, dm, n_samples: int, run_dir=None, batch: int = 250, seed: 
 SAMPLERS = ("EulerEDMSampler", "HeunEDMSampler", "EulerAncestralSampler", "DPMPP2MSampler")
 
 def _refused_pickle(e: Exception) -> str:
-    "The line of `torch.load(weights_only=True)`'s refusal that names what it refused (PyTorch's message is a page)."
+    """What `torch.load(weights_only=True)` refused, as `GLOBAL module.name` (PyTorch's message is a page, with advice to
+    allow-list the global that a user of a file from elsewhere should not follow); else its last line."""
+    m = re.search(r"GLOBAL ([\w.]+)", str(e))
     lines = [l.strip() for l in str(e).splitlines() if l.strip()]
-    return next((l for l in lines if "global" in l.lower()), lines[-1] if lines else type(e).__name__)
+    return f"GLOBAL {m.group(1)}" if m else (lines[-1] if lines else type(e).__name__)
 
 def load_engine(ckpt, map_location="cpu"):
     """Rebuild the engine from the config saved in a checkpoint and load its weights (EMA included).
@@ -809,14 +811,17 @@ def load_engine(ckpt, map_location="cpu"):
     tuples, numbers, strings; https://pytorch.org/docs/stable/notes/serialization.html#weights-only): our checkpoints
     hold nothing else (the engine stores its RNG states as tensors, `engine.DiffusionEngine.on_save_checkpoint`). Every
     target of the saved config is then checked against the allow-list (`core.check_targets`) before anything is built;
-    a user's own classes need `core.trusted_modules` (`--allow-module`). Raises `ConfigError` for a file that holds a
+    a user's own classes need `core.trusted_modules` (`--allow-module`). Raises `ConfigError` for a file that is no checkpoint, is damaged, holds a
     pickled object of another class or has no saved config, `core.TargetNotAllowed` for a refused target (issue 15, item 7)."""
-    import pickle, torch
+    import pickle, zipfile, torch
     from diffexplore.core import check_targets
     if str(ckpt).endswith(".safetensors"): return _load_safetensors(ckpt, map_location)
+    if not zipfile.is_zipfile(ckpt):
+        raise ConfigError(f"{ckpt} is not a checkpoint, or is cut short: `diffexplore train` writes whole zip archives (torch.save), `export` .safetensors files")
     try: ck = torch.load(ckpt, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        raise ConfigError(f"{ckpt} holds more than weights and plain values, and is not loaded (torch.load weights_only=True: {_refused_pickle(e)})") from None
+        raise ConfigError(f"{ckpt} holds more than weights and plain values, and is not loaded (torch.load weights_only=True refuses {_refused_pickle(e)})") from None
+    except RuntimeError as e: raise ConfigError(f"{ckpt} cannot be read (cut short or damaged?): {str(e).splitlines()[0]}") from None
     if not isinstance(ck, dict) or "diffexplore_config" not in ck: raise ConfigError(f"{ckpt} has no saved config; was it written by `diffexplore train`?")
     check_targets(ck["diffexplore_config"], "diffexplore_config")
     engine = build_engine(OmegaConf.create(ck["diffexplore_config"]))

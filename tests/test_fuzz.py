@@ -89,9 +89,13 @@ def test_missing_param_named_as_written(F, tmp_path):
     (["sample", "--ckpt", "{F}/run/checkpoints/last.ckpt", "--out", "{F}/note.txt/x.png", "--n", "2"], "--out {F}/note.txt/x.png: its folder cannot be created"),
     (["export", "--ckpt", "{F}/run/checkpoints/last.ckpt", "--out", "{F}/empty"], "--out must be a .safetensors file"),
     (["sample", "--ckpt", "{F}/run/checkpoints/last.ckpt", "--out", "{T}", "--n", "2"], "--out must be a .png file"),
+    (["sample", "--ckpt", "{T}/hello.ckpt", "--out", "{T}/g.png"], "{T}/hello.ckpt is not a checkpoint, or is cut short"),
+    (["export", "--ckpt", "{T}/half.ckpt", "--out", "{T}/w.safetensors"], "{T}/half.ckpt is not a checkpoint, or is cut short"),
 ])
 def test_argv_refused_in_one_line(F, tmp_path, argv, says):
     if "{T}/last.ckpt" in argv: (tmp_path / "last.ckpt").write_bytes((F / "run/checkpoints/last.ckpt").read_bytes())   # a checkpoint outside a run dir
+    (tmp_path / "hello.ckpt").write_bytes(b"hello")                                  # a file that is no checkpoint (torch's unpickler: KeyError)
+    whole = (F / "run/checkpoints/last.ckpt").read_bytes(); (tmp_path / "half.ckpt").write_bytes(whole[:len(whole) // 2])   # cut short
     line = refusal(F, tmp_path, argv)
     assert says.replace("{F}", str(F)).replace("{T}", str(tmp_path)) in line, line
 
