@@ -1031,10 +1031,12 @@ def _exported_ema(path) -> bool:
     with safe_open(str(path), framework="pt") as f: return (f.metadata() or {}).get("ema") == "True"
 
 def _check_out(out, option: str = "--out") -> None:
-    "An output file's folder is created here (or `ConfigError` says why it cannot be), and the file must not be a folder."
+    """An output file's folder is created here and a file written in it and removed (or `ConfigError` says why not), and
+    the file must not be a folder: checked before the work whose result it holds."""
+    import tempfile
     if Path(out).is_dir(): raise ConfigError(f"{option} {out} is a folder; name a file")
-    try: Path(out).parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e: raise ConfigError(f"{option} {out}: its folder cannot be created ({e.strerror or e})") from None
+    try: Path(out).parent.mkdir(parents=True, exist_ok=True); tempfile.TemporaryFile(dir=Path(out).parent).close()
+    except OSError as e: raise ConfigError(f"{option} {out}: its folder cannot be created or written ({e.strerror or e})") from None
 
 def _check_export_args(args):
     if not Path(args.ckpt).is_file(): raise ConfigError(f"checkpoint not found: --ckpt {args.ckpt}")
@@ -1099,6 +1101,9 @@ def _run_command(args) -> int:
     if args.cmd == "study":
         from diffexplore.study import run_study
         if args.out and Path(args.out).exists() and not Path(args.out).is_dir(): raise ConfigError(f"--out {args.out} is a file; a study's --out is a folder")
+        if args.out and not args.report_only:
+            try: check_run_dir(args.out)
+            except RunDirError as e: raise ConfigError(f"--out {args.out}: {str(e).split(': ', 1)[-1]}") from None
         print(json.dumps(run_study(args.config, args.out, report_only=args.report_only, jobs=args.jobs), indent=2)); return 0
     cfg, run_dir = _train_config(args)
     from diffexplore.core import check_targets

@@ -370,15 +370,28 @@ def _cells_in_parallel(study: DictConfig, out, todo, # [(grid index, seed, recip
     cpu_count // jobs torch threads (the judge's classifier cache is written atomically: two first cells may both train it)."""
     import multiprocessing, os
     from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
     from diffexplore.study import _cell_in_worker   # by its module path: a spawned process imports it
     threads, plain = max(1, (os.cpu_count() or 1) // jobs), OmegaConf.to_container(study)
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {pool.submit(_cell_in_worker, plain, r, s, str(out), threads): k for k, s, r in todo}
-        for f in as_completed(futures): yield futures[f], f.result()
+        try:
+            for f in as_completed(futures): yield futures[f], f.result()
+        except BrokenProcessPool:
+            raise _study_error("a cell's process ended abruptly (killed, or out of memory); the finished cells are kept: "
+                               "run the same command again to continue") from None
 
 def _cell_line(k: int, n: int, c: dict, done_before: bool) -> str:
     took = "done before" if done_before else f"{c['run_seconds'] + c['measure_seconds']:.0f} s"
     return f"cell {k}/{n} {c['recipe']} seed {c['seed']}: {took}; accuracy {c['judge'].get('accuracy')}, classifier FD {c['judge'].get('classifier_fid')}"
+
+def _check_recipes(study: DictConfig, recipes) -> None:
+    "Build each recipe's engine once (σ_data 1 where the base measures it) before any cell trains: `ConfigError` naming the recipe."
+    from diffexplore.cli import build_engine, resolve_sigma_data, sigma_data_auto_keys
+    for r in recipes:
+        cfg = cell_config(study, r, study.seeds[0])
+        try: build_engine(resolve_sigma_data(cfg, 1.0, sigma_data_auto_keys(cfg)))
+        except (ValueError, TypeError) as e: raise _study_error(f"recipes.{r}: {e}") from None
 
 # %% ../nbs/19_study.ipynb #c587b450
 def run_study(config, # a study YAML (or a shipped study's name, e.g. `study_digits`)
@@ -390,7 +403,8 @@ def run_study(config, # a study YAML (or a shipped study's name, e.g. `study_dig
     """Run every cell of the study not yet done, seed by seed (all recipes of the first seed first, so a stopped study
     still has paired cells), `jobs` at a time, then write `OUT/study.json` (`summarize`) and `OUT/study.md`
     (`study_markdown`). A cell computes the same with any `jobs` (each is its own seeded run). Raises `ConfigError` for
-    a bad study config or when `out` holds a study that differs in `CELL_DEFINING`, `ValueError` for `jobs` < 1."""
+    a bad study config (a recipe whose engine cannot be built among them, before any cell trains) or when `out` holds a
+    study that differs in `CELL_DEFINING`, `ValueError` for `jobs` < 1."""
     study, jobs = load_study_config(config), check_int(jobs, "jobs")
     out = Path(out) if out else Path("runs") / Path(str(config)).stem
     saved = out / "study.yaml"
@@ -405,6 +419,7 @@ def run_study(config, # a study YAML (or a shipped study's name, e.g. `study_dig
         if (cell_dir(out, recipe, seed) / "cell.json").is_file():
             cells[k] = run_cell(study, recipe, seed, out); log(_cell_line(k, len(grid), cells[k], True))
         elif not report_only: todo.append((k, seed, recipe))
+    _check_recipes(study, dict.fromkeys(r for _, _, r in todo))   # a typo in a recipe stops the study before any cell trains
     runs = _cells_in_parallel(study, out, todo, jobs) if jobs > 1 and todo else ((k, run_cell(study, r, s, out)) for k, s, r in todo)
     for k, c in runs: cells[k] = c; log(_cell_line(k, len(grid), c, False))
     summary = summarize(study, [cells[k] for k in sorted(cells)])

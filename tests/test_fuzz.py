@@ -90,6 +90,7 @@ def test_missing_param_named_as_written(F, tmp_path):
     (["export", "--ckpt", "{F}/run/checkpoints/last.ckpt", "--out", "{F}/empty"], "--out must be a .safetensors file"),
     (["sample", "--ckpt", "{F}/run/checkpoints/last.ckpt", "--out", "{T}", "--n", "2"], "--out must be a .png file"),
     (["sample", "--ckpt", "{T}/hello.ckpt", "--out", "{T}/g.png"], "{T}/hello.ckpt is not a checkpoint, or is cut short"),
+    (["sample", "--ckpt", "{F}/w.safetensors", "--out", "/proc/x.png"], "--out /proc/x.png: its folder cannot be created or written"),
     (["export", "--ckpt", "{T}/half.ckpt", "--out", "{T}/w.safetensors"], "{T}/half.ckpt is not a checkpoint, or is cut short"),
 ])
 def test_argv_refused_in_one_line(F, tmp_path, argv, says):

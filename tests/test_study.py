@@ -94,3 +94,12 @@ def test_two_jobs_compute_the_cells_of_one(tmp_path, monkeypatch):
     cells = lambda r: [{k: v for k, v in c.items() if k not in times} for c in json.loads(Path(r["json"]).read_text())["cells"]]
     assert (one["cells_done"], two["cells_done"]) == (4, 4) and cells(one) == cells(two)
     with pytest.raises(ValueError, match="jobs=0"): run_study(cfg, tmp_path / "zero", jobs=0)
+
+
+def test_a_recipe_typo_stops_the_study_before_any_cell_trains(tmp_path):
+    "A recipe whose engine cannot be built is refused up front, naming the recipe, also with two jobs."
+    cfg = tmp_path / "typo.yaml"
+    cfg.write_text(_tiny_study(tmp_path).read_text().replace("RectifiedFlowScaling", "RectifiedFlowScalng"))
+    with pytest.raises(ValueError, match="recipes.RF: unknown target='diffexplore.scalings.RectifiedFlowScalng'"):
+        run_study(cfg, tmp_path / "out", jobs=2)
+    assert not (tmp_path / "out" / "cells").exists()
