@@ -222,7 +222,7 @@ REQUIRED = {"train": ("--config",), "sample": ("--ckpt", "--out"), "posthoc-ema"
 def argv_cases(draw):
     "A subcommand with its required options (each left out now and then), some optional ones, and now and then junk."
     cmd = draw(st.sampled_from([*OPTIONS, "bogus", ""]))
-    if cmd not in OPTIONS: return Case("argv", [cmd, "--x"] if cmd else [], ["bogus", "cmd"])
+    if cmd not in OPTIONS: return Case("argv", [cmd, "--x"] if cmd else [], ["bogus", "COMMAND"])
     argv, names = [cmd], [cmd]
     for opt, values in OPTIONS[cmd].items():
         if draw(st.floats(0, 1)) < (0.9 if opt in REQUIRED[cmd] else 0.3):
@@ -309,6 +309,7 @@ def refusal_problem(stderr: str, names) -> str | None:
     lines = [l for l in stderr.splitlines() if l.strip()]
     if not lines: return "no message"
     last = lines[-1]
+    if any(l.startswith("usage:") for l in lines): return "argparse's usage lines before the error"
     prefix = next((p for p in ("diffexplore: error: ", *(f"diffexplore {c}: error: " for c in OPTIONS)) if last.startswith(p)), None)
     if prefix is None: return f"the last line is not `diffexplore: error: ...` (the message spans lines?): {last[:200]!r}"
     if not any(n.lower() in last.lower() for n in names): return f"the message names none of {names[:8]}: {last[:300]!r}"

@@ -11,7 +11,7 @@ in all), so the reconstruction reads and sums files of the real size; no trainin
     python bench/posthoc_ema_time.py --config digits --snapshots 8          # the CPU smoke version
 Prints one markdown row; `--append FILE` adds it to FILE under "Post-hoc EMA time".
 """
-import argparse, datetime, os, shlex, sys, tempfile, time
+import argparse, datetime, shlex, sys, tempfile, time
 from pathlib import Path
 
 import torch

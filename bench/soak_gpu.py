@@ -48,6 +48,11 @@ SMOKE = dict(config="digits", minutes=0.2, every=0.5, warmup_s=3.0, view_kw={"sa
 
 
 # --- readings (no torch/lightning at module level: the kernel imports this module, and the client stays small)
+def max_time(seconds: int) -> str:
+    "`trainer.max_time` for `seconds` as Lightning's Timer reads it: DD:HH:MM:SS, two digits each after the days (480 → '00:00:08:00')."
+    if seconds < 0: raise ValueError(f"seconds must be >= 0; got seconds={seconds}")
+    return f"{seconds // 86400:02d}:{seconds // 3600 % 24:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
 def _proc_kib(path: str, key: str) -> float | None:
     "The value in kB of `key:` in /proc file `path` (None when the process or the key is gone)."
     try:
@@ -199,7 +204,7 @@ CELLS = [
     "import json, logging, os, re, time, warnings\nfrom pathlib import Path\nimport torch\nimport lightning.pytorch as pl\n"
     "from IPython.display import display",
     "from diffexplore.cli import QUIETED, load_config, build_data, build_engine, check_compatible, make_trainer, learning_rate\n"
-    "from diffexplore.live import LiveTrainingView, fit_in_background\nfrom soak_gpu import Sampler, kernel_reading",
+    "from diffexplore.live import LiveTrainingView, fit_in_background\nfrom soak_gpu import Sampler, kernel_reading, max_time",
     "logging.getLogger('lightning.pytorch.utilities.rank_zero').setLevel(logging.WARNING)\n"
     "for text in QUIETED: warnings.filterwarnings('ignore', message='.*' + re.escape(text))\n"
     "P = json.loads(os.environ['SOAK_PARAMS'])\nPath(P['pid_file']).write_text(str(os.getpid()))",
@@ -214,7 +219,7 @@ CELLS = [
     "# the trainer of `diffexplore train` (checkpoints, sample grids, ExcessLoss), for the time left, with the view\n"
     "max_time_s = int(min(60 * P['minutes'], P['deadline_epoch'] - time.time() - P['reserve_s']))\n"
     "assert max_time_s > 0, f'no time left to train: {max_time_s} s'\n"
-    "cfg = load_config(P['config'], [*P['overrides'], f'trainer.max_time=00:00:00:{max_time_s:02d}', 'trainer.max_steps=-1', 'trainer.enable_progress_bar=false'])\n"
+    "cfg = load_config(P['config'], [*P['overrides'], 'trainer.max_time=' + max_time(max_time_s), 'trainer.max_steps=-1', 'trainer.enable_progress_bar=false'])\n"
     "view, step_end = LiveTrainingView(**P['view_kw']), AllocatedAtStepEnd()\n"
     "trainer = make_trainer(cfg, Path(P['run_dir']), num_classes=getattr(dm, 'num_classes', None), extra_callbacks=[view, step_end], engine=engine)\n"
     "info = dict(max_time_s=max_time_s, batch=dm.batch_size, **learning_rate(cfg, engine, trainer, dm), torch=torch.__version__, lightning=pl.__version__,\n"

@@ -33,7 +33,7 @@ rows run eagerly): python bench/train_throughput.py --smoke --out /tmp/bench [--
 Writes results.json, results.md, profile.txt (torch.profiler tables) and log lines to stdout.
 """
 from __future__ import annotations
-import argparse, functools, gc, json, math, os, platform, statistics, sys, time, traceback
+import argparse, functools, gc, json, os, platform, statistics, sys, time, traceback
 from datetime import date
 from pathlib import Path
 

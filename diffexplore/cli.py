@@ -378,9 +378,10 @@ def _fits(v, h) -> bool | None:
     if isinstance(h, type): return isinstance(v, h)
     return None
 
-def _describe(h) -> str:
-    if typing.get_origin(h) in (typing.Union, types.UnionType): return " or ".join(dict.fromkeys(_describe(a) for a in typing.get_args(h)))
-    if typing.get_origin(h) is typing.Literal: return " or ".join(repr(a) for a in typing.get_args(h))
+def _describe(h, drop=()) -> str:
+    "The annotation `h` in words, for an error message; the values in `drop` (refused by diffexplore) left out of a Literal."
+    if typing.get_origin(h) in (typing.Union, types.UnionType): return " or ".join(dict.fromkeys(_describe(a, drop) for a in typing.get_args(h)))
+    if typing.get_origin(h) is typing.Literal: return " or ".join(repr(a) for a in typing.get_args(h) if a not in drop)
     return "None" if h is type(None) else getattr(h, "__name__", str(h))
 
 # %% ../nbs/14_cli.ipynb #66e1d4ff
@@ -406,16 +407,17 @@ def trainer_kwargs(cfg: DictConfig) -> dict:
     `callbacks`), a section that is no mapping, the two sections disagreeing, a GPU asked for where there is none, or a
     precision the engine refuses (`engine.PRECISION_REFUSED`: `16-true`, with what to use instead)."""
     import torch, lightning.pytorch as pl
+    from diffexplore.engine import PRECISION_REFUSED
     targs, where = _trainer_sections(cfg)
     try: hints = typing.get_type_hints(pl.Trainer.__init__)
     except Exception: hints = {}   # unresolvable annotations: leave the type checks to Lightning
     for k, v in targs.items():
         at = f"{where[k]}.{k}"
         if k in CLI_TRAINER_KEYS: raise ConfigError(f"{at} is set by diffexplore (loggers, checkpoints and sample grids under the run dir); remove {at}")
-        if k in hints and _fits(v, hints[k]) is False: raise ConfigError(f"{at} must be {_describe(hints[k])}; got {at}={v!r}")
+        if k in hints and _fits(v, hints[k]) is False:
+            raise ConfigError(f"{at} must be {_describe(hints[k], drop=tuple(PRECISION_REFUSED) if k == 'precision' else ())}; got {at}={v!r}")
         lo = TRAINER_MINIMUMS.get(k)
         if lo is not None and isinstance(v, int) and v < lo: raise ConfigError(f"{at} must be >= {lo}; got {at}={v!r}")
-    from diffexplore.engine import PRECISION_REFUSED
     if str(targs.get("precision")) in PRECISION_REFUSED:
         raise ConfigError(f"{where['precision']}.precision={targs['precision']!r}: {PRECISION_REFUSED[str(targs['precision'])]}")
     if targs.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
@@ -595,17 +597,19 @@ def _checkpoint_io():
 PARTIAL = ".*.part"
 "The glob of `atomic_save`'s temporary files; one left by a killed run is removed when the next run starts in that folder."
 
-def check_run_dir(run_dir) -> None:
+def check_run_dir(run_dir, option: str = None, # the command-line option that named it (`--out`); None: `run_dir=...`
+                 ) -> None:
     """Raise `RunDirError` unless a file can be created in `run_dir` (or, before it exists, in the nearest existing folder
     on its path) and in its `checkpoints/` folder when there is one. Tried by creating a file, not with `os.access`: root
     passes every permission check, but not a read-only mount; a path under a file is named as such."""
     import tempfile
     run_dir = Path(run_dir)
+    at = f"{option} {run_dir}" if option else f"run_dir={str(run_dir)!r}"
     base = next((p for p in [run_dir, *run_dir.parents] if p.exists()), Path("."))
-    if not base.is_dir(): raise RunDirError(f"run_dir={str(run_dir)!r} cannot be created: {base} is a file, not a folder")
+    if not base.is_dir(): raise RunDirError(f"{at} cannot be created: {base} is a file, not a folder")
     for d in [base] + ([run_dir / "checkpoints"] if (run_dir / "checkpoints").is_dir() else []):
         try: tempfile.TemporaryFile(dir=d).close()
-        except OSError as e: raise RunDirError(f"run_dir={str(run_dir)!r} is not writable: {e.strerror or e} ({d})") from None
+        except OSError as e: raise RunDirError(f"{at} is not writable: {e.strerror or e} ({d})") from None
 
 # %% ../nbs/14_cli.ipynb #e92ec4fe
 def make_trainer(cfg: DictConfig, run_dir: Path, num_classes=None, extra_callbacks=(), engine=None, fast_off=(),
@@ -691,6 +695,7 @@ def _check_new_run(run_dir: Path, resume):
                           f"continue it with --resume {ck}, or choose a new --run-dir")
 
 def _fit(trainer, engine, dm, resume):
+    from diffexplore.engine import NonFiniteLossError
     with warnings.catch_warnings():
         # With an on-exception checkpoint, Lightning reads a fresh run's `ckpt_path=None` as "last" and warns twice
         # that there is none; a fresh run directory holds no checkpoint (checked before), so both are noise.
@@ -698,6 +703,15 @@ def _fit(trainer, engine, dm, resume):
             warnings.filterwarnings("ignore", message=text)
         try: trainer.fit(engine, datamodule=dm, ckpt_path=str(resume) if resume else None)
         except RunDirError as e: raise _first_write_error(e) from None
+        except NonFiniteLossError as e: raise NonFiniteLossError(f"{e} {_last_good(Path(trainer.default_root_dir))}") from None
+
+def _last_good(run_dir: Path) -> str:
+    "Where a run stopped by a non-finite loss can continue from: its `last.ckpt` and that checkpoint's step, or that there is none yet."
+    import torch
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if not last.is_file(): return "No checkpoint was written before it."
+    step = torch.load(last, map_location="cpu", weights_only=True, mmap=True)["global_step"]
+    return f"The last good checkpoint is {last} (global step {step})."
 
 def _first_write_error(e: RunDirError) -> RunDirError:
     "The earliest `RunDirError` in `e`'s context: the write that failed, not `InterruptCheckpoint`'s that failed after it (a full disk)."
@@ -889,9 +903,14 @@ def _ema_from(engine):
     for name, shadow in zip(engine.model_ema._names, engine.model_ema.shadows()): shadow.copy_(params[name].detach())
 
 # %% ../nbs/14_cli.ipynb #2195d2be
-def sample(ckpt, n: int, out, cfg_scale=None, class_label=None, sampler=None, num_steps=None, seed=0, use_ema=True) -> Path:
-    "Generate `n` images from a checkpoint into a PNG grid at `out`. Raises `ValueError` for a class label out of range."
+def sample(ckpt, n: int, out, cfg_scale=None, class_label=None, sampler=None, num_steps=None, seed=0, use_ema=True,
+           batch_size: int = 256, # images generated at once; batch i (from 0) is drawn with seed `seed + i` (None: unseeded)
+           progress: bool = None, # a bar over the batches on stderr (None: when there are several and stderr is a terminal)
+          ) -> Path:
+    """Generate `n` images from a checkpoint into a PNG grid at `out` (10 per row), in batches of `batch_size`.
+    Raises `ConfigError` for a class label out of range or a model without classes given one."""
     import torch
+    from tqdm import tqdm
     from diffexplore.engine import conditioner_classes
     from diffexplore.data import save_image_grid
     engine = set_sampler(load_engine(ckpt), sampler, num_steps, cfg_scale)
@@ -902,8 +921,11 @@ def sample(ckpt, n: int, out, cfg_scale=None, class_label=None, sampler=None, nu
         labels = torch.full((n,), int(class_label))
     else:
         labels = torch.arange(n) % k if k else None
-    imgs = engine.generate(n, class_labels=labels, use_ema=use_ema, seed=seed)
-    return save_image_grid(imgs, out, nrow=min(n, 10))
+    starts = range(0, n, batch_size)
+    bar = tqdm(starts, desc="sampling", unit="batch", disable=(len(starts) < 2 or None) if progress is None else not progress)
+    imgs = [engine.generate(min(batch_size, n - s), class_labels=None if labels is None else labels[s:s + batch_size], use_ema=use_ema, seed=None if seed is None else seed + i)
+            for i, s in enumerate(bar)]
+    return save_image_grid(torch.cat(imgs), out, nrow=min(n, 10))
 
 # %% ../nbs/14_cli.ipynb #613fadb9
 def posthoc_ema_checkpoint(run_dir, # a run trained with `lightning.posthoc_ema` (holds checkpoints/last.ckpt and phema/)
@@ -944,7 +966,8 @@ def quiet_libraries(verbose: bool = False):
     if verbose: yield; return
     log, tips, fmt = logging.getLogger("lightning.pytorch.utilities.rank_zero"), _NoTips(), warnings.formatwarning
     def one_line(message, category, filename, lineno, line=None):   # our own warnings as one line, without the source line
-        return f"warning: {message}\n" if issubclass(category, SigmaDataWarning) else fmt(message, category, filename, lineno, line)
+        ours = category.__module__.startswith("diffexplore.")   # SigmaDataWarning, engine.PrecisionWarning
+        return f"warning: {message}\n" if ours else fmt(message, category, filename, lineno, line)
     log.addFilter(tips)
     try:
         with warnings.catch_warnings():
@@ -960,9 +983,14 @@ NO_FAST = ("bf16", "tf32", "benchmark", "compile", "cuda_graphs", "async_checks"
 _ALLOW_HELP = ("trust the classes and functions defined in MODULE (your own components) as config targets, repeatable; "
                "without it a target must be a diffexplore, sgm-mapped, diffusers model, Lightning callback or torch.nn class")
 
+class _Parser(argparse.ArgumentParser):
+    "argparse's parser, whose errors are one line like every other refusal of the CLI (argparse prints its usage first)."
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
 def _parser():
-    p = argparse.ArgumentParser(prog="diffexplore", description="Train and sample diffusion models the sgm way.")
-    sub = p.add_subparsers(dest="cmd", required=True)
+    p = _Parser(prog="diffexplore", description="Train and sample diffusion models the sgm way.")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND", help="train, sample, posthoc-ema, export or study")
     t = sub.add_parser("train", help="train from a YAML config")
     t.add_argument("--config", help="YAML file, or the name of a shipped config (digits, sgm_toy/mnist_cond; default: the run dir's config.yaml when resuming)")
     t.add_argument("--run-dir", default=None, help="output folder (default runs/<config name>)")
@@ -999,7 +1027,7 @@ def _parser():
     x.add_argument("--allow-module", action="append", default=[], metavar="MODULE", help=_ALLOW_HELP)
     y = sub.add_parser("study", help="run a study: several short runs and a report")
     y.add_argument("--config", required=True, help="a study YAML (e.g. configs/study_digits.yaml)")
-    y.add_argument("--out", default=None, help="output folder of the study")
+    y.add_argument("--out", default=None, help="output folder of the study (default runs/<config name>, e.g. runs/study_digits)")
     y.add_argument("--report-only", action="store_true", help="write the report from the runs already there, train nothing")
     y.add_argument("--jobs", type=int, default=1, help="cells run at once, each in its own process (default 1; e.g. the number of cores)")
     y.add_argument("--allow-module", action="append", default=[], metavar="MODULE", help=_ALLOW_HELP)
@@ -1060,12 +1088,38 @@ def _check_resume(resume) -> None:
     if not zipfile.is_zipfile(resume):
         raise ConfigError(f"--resume {resume} is not a training checkpoint (RUN/checkpoints/last.ckpt); an exported .safetensors file holds no optimizer state")
 
+def _resume_step(resume) -> int:
+    """The global step of a `--resume` checkpoint, read with `torch.load(weights_only=True, mmap=True)`. Raises
+    `ConfigError` for a file that holds no training state: a `posthoc-ema` checkpoint (weights only), or one that
+    cannot be read as a checkpoint."""
+    import pickle, torch
+    try: ck = torch.load(resume, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as e: raise ConfigError(f"--resume {resume} is not loaded (torch.load weights_only=True refuses {_refused_pickle(e)})") from None
+    except RuntimeError as e: raise ConfigError(f"--resume {resume} cannot be read (cut short or damaged?): {str(e).splitlines()[0]}") from None
+    if isinstance(ck, dict) and "posthoc_ema" in ck:
+        raise ConfigError(f"--resume {resume} is a posthoc-ema checkpoint: it holds weights, not the optimizer's state; "
+                          "sample from it, or resume the run from its checkpoints/last.ckpt")
+    if not isinstance(ck, dict) or "global_step" not in ck or "optimizer_states" not in ck:
+        raise ConfigError(f"--resume {resume} is not a training checkpoint (RUN/checkpoints/last.ckpt): it holds no optimizer state")
+    return int(ck["global_step"])
+
+def _check_steps_left(cfg, resume) -> None:
+    """Raise `ConfigError` when `trainer.max_steps` is not above the global step of the `--resume` checkpoint: Lightning
+    would end the fit at once and the command would only rewrite the summary (`train` itself allows it: a study re-judges
+    a cell that was killed after its last step)."""
+    max_steps, (_, where) = trainer_kwargs(cfg).get("max_steps", -1), _trainer_sections(cfg)   # checked types first
+    step = _resume_step(resume)
+    if max_steps not in (None, -1) and max_steps <= step:
+        raise ConfigError(f"{where['max_steps']}.max_steps={max_steps} is not above the global step of --resume {resume} ({step}): "
+                          f"nothing is left to train; set {where['max_steps']}.max_steps to the step to train to")
+
 def _train_config(args) -> tuple[DictConfig, Path]:
-    """The checked config of a `train` command and its run dir; imports no torch unless an override names a key the file
-    lacks. Raises `ConfigError` for a `--resume` that is no checkpoint, or outside a run dir without `--config`, and a
-    `--run-dir` that is a file."""
+    """The checked config of a `train` command and its run dir; imports no torch unless `--resume` is given or an override
+    names a key the file lacks. Raises `ConfigError` for a `--resume` that holds no training state (`_resume_step`), or is
+    outside a run dir without `--config`, and a `--run-dir` that is empty or a file."""
+    if args.run_dir is not None and not args.run_dir.strip(): raise ConfigError(f"--run-dir must name a folder; got --run-dir {args.run_dir!r}")
     config = args.config
-    if args.resume is not None: _check_resume(args.resume)
+    if args.resume is not None: _check_resume(args.resume); _resume_step(args.resume)
     if config is None and args.resume:
         config = Path(args.resume).parent.parent / "config.yaml"
         if not config.is_file(): raise ConfigError(f"--config is required: --resume {args.resume} is not in a run dir (no {config})")
@@ -1081,7 +1135,16 @@ def _command(args) -> int:
     (`core.trusted_modules`), so it covers a training config's targets and a checkpoint's saved config alike."""
     if not getattr(args, "allow_module", None): return _run_command(args)   # no torch import for argument errors
     from diffexplore.core import trusted_modules
-    with trusted_modules(*args.allow_module): return _run_command(args)
+    with trusted_modules(*args.allow_module):
+        for m in args.allow_module: _check_importable(m)
+        return _run_command(args)
+
+def _check_importable(module: str) -> None:
+    "Raise `ConfigError` unless `module` (a `--allow-module` name) can be found by Python's import system: a typo would trust nothing."
+    import importlib.util
+    try: found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError): found = False   # a parent package that is missing, or fails to import
+    if not found: raise ConfigError(f"--allow-module {module}: no module of that name can be imported (is its folder on PYTHONPATH, or is it installed?)")
 
 def _run_command(args) -> int:
     if args.cmd == "sample":
@@ -1101,13 +1164,13 @@ def _run_command(args) -> int:
     if args.cmd == "study":
         from diffexplore.study import run_study
         if args.out and Path(args.out).exists() and not Path(args.out).is_dir(): raise ConfigError(f"--out {args.out} is a file; a study's --out is a folder")
-        if args.out and not args.report_only:
-            try: check_run_dir(args.out)
-            except RunDirError as e: raise ConfigError(f"--out {args.out}: {str(e).split(': ', 1)[-1]}") from None
+        if args.out is not None and not args.out.strip(): raise ConfigError(f"--out must name a folder; got --out {args.out!r}")
+        if args.out and not args.report_only: check_run_dir(args.out, "--out")
         print(json.dumps(run_study(args.config, args.out, report_only=args.report_only, jobs=args.jobs), indent=2)); return 0
     cfg, run_dir = _train_config(args)
     from diffexplore.core import check_targets
     check_targets(cfg)   # every target of the config, before data, model or callbacks are built
+    if args.resume: _check_steps_left(cfg, args.resume)
     with quiet_libraries(args.verbose):
         summary = train(cfg, run_dir, resume=args.resume, judge=not args.no_judge, fast_off=args.no_fast, scale_lr=args.scale_lr)
     print(json.dumps(summary, indent=2)); return 0

@@ -77,8 +77,10 @@ def _call_overridden(cls: type, method: str, calls=("__call__", "forward")) -> b
 def check_positive(value: float, # the parameter's value
                    name: str, # the parameter's name, as the user wrote it
                   ) -> float:
-    "Return `float(value)`; raise `ValueError` naming `name` unless it is finite and > 0."
-    v = float(value)
+    "Return `float(value)`; raise `ValueError` naming `name` unless it is a number (not a bool or a string), finite and > 0."
+    if isinstance(value, (bool, str)): raise ValueError(f"{name} must be a number; got {name}={value!r}")
+    try: v = float(value)
+    except (TypeError, ValueError): raise ValueError(f"{name} must be a number; got {name}={value!r}") from None
     if not (math.isfinite(v) and v > 0): raise ValueError(f"{name} must be finite and > 0; got {name}={value!r}")
     return v
 

@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_engine.ipynb #1e78fde5
 from __future__ import annotations
-import csv, inspect, json, math, random, threading, time
+import csv, inspect, io, json, math, random, threading, time, warnings
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 import numpy as np
@@ -18,14 +18,14 @@ from lightning.fabric.loggers.logger import rank_zero_experiment
 from fastcore.basics import patch
 from .floor import bucket_floor, _bucket_sigmas
 from .loss import add_noise
-from .core import Repr, unchecked, _call_overridden, get_obj_from_str, OPENAIUNETWRAPPER
+from .core import Repr, unchecked, _call_overridden, get_obj_from_str, OPENAIUNETWRAPPER, check_positive, check_int
 
 # %% auto #0
-__all__ = ['DEFAULT_SIGMA_EDGES', 'PRECISION_REFUSED', 'FAST_SWITCHES', 'ema_decay', 'LitEma', 'sigma_bucket_names',
-           'loss_per_sigma_bucket', 'CompiledStep', 'wrap_network', 'DiffusionEngine', 'NonFiniteLossError',
-           'conditioner_classes', 'LossProgressBar', 'fast_gpu_settings', 'class_balanced_labels', 'SampleGridCallback',
-           'FinalCheckpoint', 'InterruptCheckpoint', 'KeepingCSVLogger', 'ImageLogger', 'excess_loss_unsupported',
-           'class_dropout', 'weighted_errors', 'ExcessLoss']
+__all__ = ['DEFAULT_SIGMA_EDGES', 'PRECISION_REFUSED', 'PRECISION_WARNED', 'FAST_SWITCHES', 'ema_decay', 'LitEma',
+           'sigma_bucket_names', 'loss_per_sigma_bucket', 'CompiledStep', 'wrap_network', 'DiffusionEngine',
+           'NonFiniteLossError', 'PrecisionWarning', 'conditioner_classes', 'LossProgressBar', 'fast_gpu_settings',
+           'class_balanced_labels', 'SampleGridCallback', 'FinalCheckpoint', 'InterruptCheckpoint', 'KeepingCSVLogger',
+           'ImageLogger', 'excess_loss_unsupported', 'class_dropout', 'weighted_errors', 'ExcessLoss']
 
 # %% ../nbs/11_engine.ipynb #bdc536b8
 def ema_decay(decay: float, # the configured maximum decay d in [0, 1)
@@ -209,8 +209,7 @@ class DiffusionEngine(pl.LightningModule):
                  sync_checks: bool = None, fused_optimizer: bool = None, compile_step: bool = None,
                  cuda_graphs: bool = None, channels_last: bool = False):
         super().__init__()
-        if not lr > 0: raise ValueError(f"lr must be > 0; got lr={lr!r}")
-        if int(warmup_steps) < 0: raise ValueError(f"warmup_steps must be >= 0; got warmup_steps={warmup_steps!r}")
+        lr, warmup_steps = check_positive(lr, "lr"), check_int(warmup_steps, "warmup_steps", lo=0)
         self.model = wrap_network(network, network_wrapper, compile_model)
         self.denoiser, self.loss_fn, self.conditioner, self.first_stage = denoiser, loss_fn, conditioner, first_stage
         self.sampler = sampler
@@ -349,7 +348,7 @@ def _raise_nonfinite(self: DiffusionEngine, step: int, loss: Tensor, sigmas: Ten
     bad = ~torch.isfinite(loss.detach())
     at = sigmas[bad][:4].tolist() if sigmas is not None else "unknown (the loss does not report its σ)"
     raise NonFiniteLossError(f"non-finite loss at global step {step}: loss={loss[bad][:4].tolist()} at sigma={at} "
-                             f"({int(bad.sum())} of {loss.numel()} samples). Training stopped; the last checkpoint on disk is the last good one.")
+                             f"({int(bad.sum())} of {loss.numel()} samples). Training stopped; no update was made from it.")
 
 # %% ../nbs/11_engine.ipynb #7cc2d4ce
 @patch
@@ -416,11 +415,23 @@ PRECISION_REFUSED = {
 }
 "Lightning precisions the engine refuses before the first step: what goes wrong, and what to use instead."
 
+class PrecisionWarning(UserWarning):
+    "A precision the engine trains with at a cost (`PRECISION_WARNED`), said once at the start of the fit."
+
+PRECISION_WARNED = {
+    "bf16-true": "bfloat16 weights (8 significant bits) drop every AdamW update smaller than half a unit in a weight's last place "
+                 "(about 2^-9 of the weight), so at a small lr or late in a run part of the weights stop moving; "
+                 "'bf16-mixed' keeps float32 weights and computes in bfloat16",
+}
+"Lightning precisions the engine trains with, and what they cost; the EMA shadows stay float32 under them (`LitEma`)."
+
 @patch
 def setup(self: DiffusionEngine, stage: str = None):
-    "Lightning's first hook of a fit, before the module is cast: `ValueError` (one line) for a precision in `PRECISION_REFUSED`."
+    """Lightning's first hook of a fit, before the module is cast: `ValueError` (one line) for a precision in
+    `PRECISION_REFUSED`, a `PrecisionWarning` for one in `PRECISION_WARNED`."""
     precision = str(self.trainer.precision) if self._trainer is not None else "32-true"
     if precision in PRECISION_REFUSED: raise ValueError(f"precision={precision!r} cannot train this engine: {PRECISION_REFUSED[precision]}")
+    if precision in PRECISION_WARNED: warnings.warn(f"precision={precision!r}: {PRECISION_WARNED[precision]}", PrecisionWarning, stacklevel=2)
 
 # %% ../nbs/11_engine.ipynb #19100a60
 def _rng_states() -> dict:
@@ -582,6 +593,10 @@ class LossProgressBar(pl.callbacks.TQDMProgressBar):
         if self._should_update(n, self.steps) and not bar.disable:
             bar.n = n; bar.refresh(); bar.set_postfix(self.get_metrics(trainer, pl_module))
 
+    def on_exception(self, trainer, pl_module, exception):
+        "Close the bar, so that the error's one line starts on a line of its own."
+        if self._train_progress_bar is not None: self._train_progress_bar.close()
+
     def get_metrics(self, trainer, pl_module) -> dict:
         m = super().get_metrics(trainer, pl_module)
         if getattr(pl_module, "host_loss", None) is not None: m["loss"] = f"{pl_module.host_loss:.4g}"
@@ -666,17 +681,32 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
 
 # %% ../nbs/11_engine.ipynb #946e8ff5
 class _KeepingExperimentWriter(ExperimentWriter):
-    "Lightning's CSV writer, except that an existing metrics.csv is kept up to `keep_before_step` (Lightning deletes it)."
+    """Lightning's CSV writer, except that an existing metrics.csv is kept up to `keep_before_step` (Lightning deletes
+    it), and that each write of the file is whole or not at all (`cli.atomic_write`: a temporary file renamed over it).
+    Lightning appends in place, and rewrites in place when a column is added: a kill then leaves a cut row or an
+    emptied file; here it leaves the rows of the last save."""
     def __init__(self, log_dir: str, keep_before_step: int):
         self.keep_before_step = keep_before_step; super().__init__(log_dir)
-    def _check_log_dir_exists(self):
-        if not self._fs.isfile(self.metrics_file_path): return
+    def _rows(self) -> tuple[list, list]:
+        "(header, rows) of metrics.csv; ([], []) when there is none."
+        if not self._fs.isfile(self.metrics_file_path): return [], []
         with open(self.metrics_file_path, newline="") as f:
-            reader = csv.DictReader(f); keys = reader.fieldnames or []
-            rows = [r for r in reader if float(r.get("step") or 0) < self.keep_before_step]   # later rows: after the checkpoint
-        with open(self.metrics_file_path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=keys); w.writeheader(); w.writerows(rows)
+            reader = csv.DictReader(f); return list(reader.fieldnames or []), [{k: v for k, v in r.items() if k is not None} for r in reader]
+    def _write(self, keys: list, rows: list):
+        from diffexplore.cli import atomic_write
+        def write(f):
+            text = io.TextIOWrapper(f, encoding="utf-8", newline="")
+            w = csv.DictWriter(text, fieldnames=keys); w.writeheader(); w.writerows(rows); text.flush(); text.detach()
+        atomic_write(self.metrics_file_path, write, "metrics")
+    def _check_log_dir_exists(self):
+        keys, rows = self._rows()
+        if not keys: return
+        self._write(keys, [r for r in rows if float(r.get("step") or 0) < self.keep_before_step])   # later rows: after the checkpoint
         self.metrics_keys = sorted(keys)
+    def save(self):
+        if not self.metrics: return
+        self._record_new_keys()
+        self._write(self.metrics_keys, self._rows()[1] + self.metrics); self.metrics = []
 
 class KeepingCSVLogger(CSVLogger):
     """`CSVLogger` for a run that may be resumed: the rows of `metrics.csv` logged before `keep_before_step` (int >= 0:

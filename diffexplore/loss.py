@@ -45,7 +45,11 @@ def _c_out(denoiser, sigma: Tensor) -> Tensor | None:
     return s**2 if getattr(denoiser, "is_score_output", False) else unchecked(scaling)(s)[1].double()
 
 def network_compute_dtype(input: Tensor) -> torch.dtype:
-    "The half dtype the step runs the network in (`input`'s, or autocast's on its device), else float32."
+    """The dtype the network computes this step in, for `check_output_weight`'s overflow bound. `input`: a tensor of the
+    step (x_t [B, C, H, W], say). Returns `input.dtype` when it is float16 or bfloat16 (a module cast with `.half()` or
+    Lightning's `bf16-true`), else autocast's dtype when autocast is on for `input`'s device type (`16-mixed`: float16,
+    `bf16-mixed`: bfloat16; `torch.get_autocast_dtype`), else float32 (also for float64 input: float32's bound is the
+    smaller, so the check stays safe). Reads the autocast state only; raises nothing."""
     dev = input.device.type
     if input.dtype in (torch.float16, torch.bfloat16): return input.dtype
     return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else torch.float32

@@ -4,11 +4,11 @@
 
 # %% ../nbs/19_study.ipynb #16889105
 from __future__ import annotations
-import json, logging, math, shutil, time
+import json, logging, math, os, shutil, time
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .core import check_int
 
@@ -93,12 +93,18 @@ def _study_error(msg: str):
     from diffexplore.cli import ConfigError
     return ConfigError(msg)
 
+def _list(node, key: str) -> list:
+    "A study key that must be a YAML list (`[]` when unset); a string such as `seeds: \"0,1\"` is refused, not read character by character."
+    if node is None: return []
+    if not isinstance(node, (ListConfig, list, tuple)): raise _study_error(f"{key} must be a list, e.g. [0, 1]; got {key}={node!r}")
+    return list(node)
+
 def _check_recipe(name: str, r) -> None:
     if not isinstance(r, DictConfig): raise _study_error(f"recipes.{name} must be a mapping of {sorted(RECIPE_KEYS)}; got {r!r}")
     if not name or "/" in name or name.startswith("."): raise _study_error(f"recipe names are folder names; got recipes.{name!r}")
     for k in r:
         if k not in RECIPE_KEYS: raise _study_error(f"recipes.{name}.{k} is not a recipe key; use one of {sorted(RECIPE_KEYS)}")
-    for o in r.get("overrides") or []:
+    for o in _list(r.get("overrides"), f"recipes.{name}.overrides"):
         key = str(o).split("=", 1)[0].strip().lstrip("+~")
         if not key.startswith(RECIPE_MAY_OVERRIDE):
             raise _study_error(f"recipes.{name}.overrides: {key} is shared by every recipe (budget, network, data, sampler, judge); set it in `shared`")
@@ -119,20 +125,20 @@ def load_study_config(config, # a study YAML file, or the name of a shipped one 
     for k in s:
         if k not in STUDY_KEYS: raise _study_error(f"study key {k!r} is not one of {sorted(STUDY_KEYS)} (in {path})")
     if not s.get("base"): raise _study_error(f"base: the run config every cell starts from is missing (in {path})")
-    seeds = list(s.get("seeds") or [])
+    seeds = _list(s.get("seeds"), "seeds")
     if not seeds or len(set(seeds)) != len(seeds) or not all(isinstance(x, int) and x >= 0 for x in seeds):
         raise _study_error(f"seeds must be a list of distinct ints >= 0; got seeds={seeds}")
     if not isinstance(s.get("recipes"), DictConfig) or not s.recipes: raise _study_error("recipes: at least one recipe is needed")
     for name, r in s.recipes.items(): _check_recipe(str(name), r)
-    if any(str(o).split("=", 1)[0].strip() == "seed" for o in s.get("shared") or []): raise _study_error("shared: seed is set per cell from `seeds`; remove it")
+    if any(str(o).split("=", 1)[0].strip() == "seed" for o in _list(s.get("shared"), "shared")): raise _study_error("shared: seed is set per cell from `seeds`; remove it")
     s.reference = s.get("reference") or next(iter(s.recipes))
     if s.reference not in s.recipes: raise _study_error(f"reference={s.reference!r} is not one of the recipes {list(s.recipes)}")
     s.excess = OmegaConf.merge(EXCESS_DEFAULTS, s.get("excess") or {})
     s.ema_sweep = OmegaConf.merge(EMA_SWEEP_DEFAULTS, s.get("ema_sweep") or {})
-    if not set(s.ema_sweep.seeds) <= set(seeds): raise _study_error(f"ema_sweep.seeds={list(s.ema_sweep.seeds)} must be among seeds={seeds}")
+    if not set(_list(s.ema_sweep.seeds, "ema_sweep.seeds")) <= set(seeds): raise _study_error(f"ema_sweep.seeds={list(s.ema_sweep.seeds)} must be among seeds={seeds}")
     s.shared = list(s.get("shared") or [])
     from diffexplore.cli import NO_FAST
-    if [x for x in s.get("no_fast") or [] if x not in (*NO_FAST, "all")]:
+    if [x for x in _list(s.get("no_fast"), "no_fast") if x not in (*NO_FAST, "all")]:
         raise _study_error(f"no_fast={list(s.no_fast)} must name fast GPU switches from {[*NO_FAST, 'all']}")
     return s
 
@@ -358,23 +364,41 @@ def _no_nan(x):
     return x
 
 # %% ../nbs/19_study.ipynb #93eea9e0
-def _cell_in_worker(study: dict, recipe: str, seed: int, out: str, threads: int) -> dict:
-    "`run_cell` in a worker process of `run_study(jobs=...)`, torch on `threads` threads."
-    import torch
+def _exit_with_parent(parent: int, # the pid of the study's process
+                      every_s: float = 1.0, grace_s: float = 600.0):
+    """In a cell's worker: once `parent` is gone (a study killed with SIGKILL cannot stop its pool), send this process
+    SIGTERM, as a stopped `diffexplore train` gets: Lightning saves the cut cell (`interrupted.ckpt`) and the next run of
+    the study resumes it, instead of a worker training on, unseen, into a folder the next run also writes. An idle
+    worker just ends; a cell's worker ends once the checkpoint is saved (`_cell_in_worker`); one still alive `grace_s`
+    after the signal is ended with `os._exit`."""
+    import signal, threading
+    def watch():
+        while os.getppid() == parent: time.sleep(every_s)
+        os.kill(os.getpid(), signal.SIGTERM); time.sleep(grace_s); os._exit(143)
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+def _cell_in_worker(study: dict, recipe: str, seed: int, out: str, threads: int, parent: int) -> dict:
+    "`run_cell` in a worker process of `run_study(jobs=...)`, torch on `threads` threads, ended when `parent` is gone (`_exit_with_parent`)."
+    import threading, torch
+    if not any(t.name == "exit-with-parent" for t in threading.enumerate()): _exit_with_parent(parent)
     torch.set_num_threads(threads)
-    return run_cell(OmegaConf.create(study), recipe, seed, out)
+    try: return run_cell(OmegaConf.create(study), recipe, seed, out)
+    except BaseException:
+        if os.getppid() != parent: os._exit(143)   # stopped because the study is gone: nobody to report to, and the pool's queue would block
+        raise
 
 def _cells_in_parallel(study: DictConfig, out, todo, # [(grid index, seed, recipe)]
                        jobs: int):
     """Yield (grid index, cell) for `todo` as the cells finish, `jobs` at a time, each in a spawned process with
-    cpu_count // jobs torch threads (the judge's classifier cache is written atomically: two first cells may both train it)."""
-    import multiprocessing, os
+    cpu_count // jobs torch threads (the judge's classifier cache is written atomically: two first cells may both train it).
+    The workers end with this process, even when it is killed (`_exit_with_parent`)."""
+    import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from concurrent.futures.process import BrokenProcessPool
     from diffexplore.study import _cell_in_worker   # by its module path: a spawned process imports it
     threads, plain = max(1, (os.cpu_count() or 1) // jobs), OmegaConf.to_container(study)
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(_cell_in_worker, plain, r, s, str(out), threads): k for k, s, r in todo}
+        futures = {pool.submit(_cell_in_worker, plain, r, s, str(out), threads, os.getpid()): k for k, s, r in todo}
         try:
             for f in as_completed(futures): yield futures[f], f.result()
         except BrokenProcessPool:
@@ -382,9 +406,12 @@ def _cells_in_parallel(study: DictConfig, out, todo, # [(grid index, seed, recip
                                "run the same command again to continue") from None
 
 def _cell_line(k: int, n: int, c: dict, done_before: bool) -> str:
+    "The log line of cell `k` of `n`: its time, and the judge's accuracy and classifier FD to 3 significant digits."
     took = "done before" if done_before else f"{c['run_seconds'] + c['measure_seconds']:.0f} s"
-    return f"cell {k}/{n} {c['recipe']} seed {c['seed']}: {took}; accuracy {c['judge'].get('accuracy')}, classifier FD {c['judge'].get('classifier_fid')}"
+    fig = lambda x: "n/a" if x is None else f"{x:.3g}"
+    return f"cell {k}/{n} {c['recipe']} seed {c['seed']}: {took}; accuracy {fig(c['judge'].get('accuracy'))}, classifier FD {fig(c['judge'].get('classifier_fid'))}"
 
+# %% ../nbs/19_study.ipynb #9aee8c6c
 def _check_recipes(study: DictConfig, recipes) -> None:
     "Build each recipe's engine once (σ_data 1 where the base measures it) before any cell trains: `ConfigError` naming the recipe."
     from diffexplore.cli import build_engine, resolve_sigma_data, sigma_data_auto_keys

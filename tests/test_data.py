@@ -263,7 +263,7 @@ def test_fashion_mnist_files_stand_in_for_mnist():
 
 @pytest.mark.parametrize("str_keys", [False, True])
 def test_cifar10_loader_reads_python_batches(tmp_path, str_keys):
-    root = write_cifar(tmp_path / "cifar-10-batches-py", str_keys=str_keys)
+    write_cifar(tmp_path / "cifar-10-batches-py", str_keys=str_keys)
     dm = CIFAR10Loader(batch_size=4, root=str(tmp_path), shuffle=False)     # torchvision's layout: root/cifar-10-batches-py
     b = next(iter(dm.train_dataloader()))
     _check_batch(b, 3, 32)

@@ -139,7 +139,7 @@ def test_existing_run_dir_is_not_overwritten(run20, capsys):
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
 def test_interrupt_keeps_a_checkpoint_that_resumes(tmp_path, sig):
     "Ctrl-C (SIGINT) or a kill (SIGTERM) mid-run leaves interrupted.ckpt; --resume continues from its step."
-    import os, signal, subprocess, sys, time
+    import signal, subprocess, sys, time
     run = tmp_path / "run"
     args = [sys.executable, "-c", "import sys; from diffexplore.cli import main; sys.exit(main(sys.argv[1:]))",
             "train", "--config", str(CONFIG), "--run-dir", str(run), "--no-judge", *TINY, "trainer.max_steps=100000",

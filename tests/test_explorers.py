@@ -430,7 +430,7 @@ def test_design_space_sigma_move_sends_one_restyle(digits, monkeypatch):
 
 
 # ---------------------------------------------------------------- sampling path (TrajectoryExplorer)
-from diffexplore.sampling import EulerEDMSampler, HeunEDMSampler, VanillaCFG   # noqa: E402
+from diffexplore.sampling import EulerEDMSampler   # noqa: E402
 
 
 @pytest.fixture(scope="module")

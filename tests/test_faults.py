@@ -169,3 +169,23 @@ def test_a_diverged_run_and_a_stopped_study_end_in_one_line(monkeypatch, capsys)
     monkeypatch.setattr(cli, "_command", stopped)
     assert main(["study", "--config", "study_digits", "--allow-module", "mypkg"]) == 143
     assert "run the same command again to continue" in capsys.readouterr().err
+
+
+def test_metrics_csv_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A write of metrics.csv that fails half way (a kill, a full disk) leaves the rows of the last save: Lightning's CSV
+    writer appends in place, and rewrites the file in place when a column is added, so a kill there emptied it."""
+    from diffexplore.engine import KeepingCSVLogger
+    log = KeepingCSVLogger(save_dir=str(tmp_path), name="", version="")
+    for s in range(5): log.log_metrics({"train/loss": 1.0 / (s + 1)}, step=s)
+    log.save()
+    f = tmp_path / "metrics.csv"; before = f.read_text()
+    assert len(before.splitlines()) == 6
+    log.log_metrics({"train/loss": 0.1, "train/new_column": 2.0}, step=5)     # a new column: the whole file is rewritten
+    def dies(fd): raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(os, "fsync", dies)
+    with pytest.raises(RunDirError, match=f"could not write metrics {f}: No space left on device"): log.save()
+    monkeypatch.undo()
+    assert f.read_text() == before and not list(tmp_path.glob(PARTIAL))
+    log.save()                                                                  # the rows not written are written now
+    lines = f.read_text().splitlines()
+    assert len(lines) == 7 and lines[0] == "step,train/loss,train/new_column" and lines[-1] == "5,0.1,2.0", lines

@@ -144,3 +144,32 @@ def test_embedder_setting_of_wrong_type_named(F, tmp_path):
     cfg["model"]["params"]["conditioner_config"]["params"]["emb_models"][0]["ucg_rate"] = [1000]
     line = refusal(F, tmp_path, ["train", "--config", "{T}/c.yaml", "--run-dir", "{T}/run"], {"c.yaml": fz.yaml.safe_dump(cfg)})
     assert "emb_models.0" in line and "ucg_rate=[1000]" in line, line
+
+
+@pytest.mark.parametrize("argv,says", [   # found by the fresh-clone pass of 2026-12-05: each was accepted, or refused unclearly
+    (["train", "--config", "digits", "--run-dir", "{T}/run", "model.params.lr=fast"], "lr must be a number; got lr='fast'"),
+    (["train", "--config", "digits", "--run-dir", ""], "--run-dir must name a folder; got --run-dir ''"),
+    (["study", "--config", "study_digits", "--out", " "], "--out must name a folder; got --out ' '"),
+    (["train", "--config", "digits", "--run-dir", "{T}/run", "--allow-module", "no_such_module_xyz"],
+     "--allow-module no_such_module_xyz: no module of that name can be imported"),
+    (["train", "--config", "digits", "--run-dir", "{T}/run", "--allow-module", "no_such_pkg_xyz.models"],
+     "--allow-module no_such_pkg_xyz.models: no module of that name can be imported"),
+    (["train", "--resume", "{F}/run/checkpoints/last.ckpt", "trainer.max_steps=2"],
+     "trainer.max_steps=2 is not above the global step of --resume {F}/run/checkpoints/last.ckpt (2): nothing is left to train"),
+    (["train", "--resume", "{T}/ph/post.ckpt"], "--resume {T}/ph/post.ckpt is a posthoc-ema checkpoint"),
+    (["study", "--config", "study_digits", "--jobs", "abc"], "diffexplore study: error: argument --jobs: invalid int value: 'abc'; see diffexplore study --help"),
+    ([], "diffexplore: error: the following arguments are required: COMMAND; see diffexplore --help"),
+])
+def test_fresh_clone_mistakes_refused_in_one_line(F, tmp_path, argv, says):
+    if "{T}/ph/post.ckpt" in argv:   # a post-hoc EMA checkpoint, not in a run dir: once looked for config.yaml two folders up
+        assert fz.cli.main(["posthoc-ema", "--run", str(F / "run"), "--sigma-rel", "0.05", "--out", str(tmp_path / "ph" / "post.ckpt")]) == 0
+    r = fz.invoke(fz._fill(argv, F, tmp_path))
+    assert r["status"] is None and r["rc"] == 2 and "Traceback" not in r["stderr"], r
+    lines = r["stderr"].strip().splitlines()
+    assert len(lines) == 1 and says.replace("{F}", str(F)).replace("{T}", str(tmp_path)) in lines[0], lines   # argparse's usage lines too
+
+
+def test_precision_choices_leave_out_the_refused(F, tmp_path):
+    "`trainer.precision=fp13` lists what Lightning takes, less what diffexplore refuses (16-true: `engine.PRECISION_REFUSED`)."
+    line = refusal(F, tmp_path, ["train", "--config", "digits", "--run-dir", "{T}/run", "trainer.precision=fp13"])
+    assert "trainer.precision must be" in line and "'bf16-mixed'" in line and "'16-true'" not in line, line

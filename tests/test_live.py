@@ -10,8 +10,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from diffexplore.live import (LiveTrainingView, BackgroundFit, fit_in_background, ema_smooth, should_push, push_interval,
-                              append_row, thin, image_grid, sample_class_labels, _num_classes, _to_floats,
-                              _same_value)
+                              append_row, thin, image_grid, sample_class_labels, _num_classes, _to_floats)
 from diffexplore.engine import DiffusionEngine, NonFiniteLossError
 from diffexplore.scalings import EDMScaling
 from diffexplore.weightings import EDMWeighting
@@ -376,7 +375,7 @@ def test_progress_bar_warning():
 
 # --- the σ-bucket panel: floor, excess, eval loss, EDM2's u (fake metrics until the engine logs them) ---------------
 import diffexplore.live
-from diffexplore.live import BUCKET_METRICS, bucket_curve, last_finite, gpu_or_skip
+from diffexplore.live import bucket_curve, last_finite, gpu_or_skip
 from diffexplore.engine import sigma_bucket_names
 from diffexplore.loss import LearnedWeightingLoss
 

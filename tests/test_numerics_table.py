@@ -9,7 +9,7 @@ import pytest
 import torch
 from diffexplore.denoiser import Denoiser
 from diffexplore.loss import StandardDiffusionLoss, LearnedWeightingLoss, check_output_weight
-from diffexplore.scalings import ScoreScaling, EDMScaling, EpsScaling, ConsistencyBoundaryScaling
+from diffexplore.scalings import ScoreScaling, EpsScaling, ConsistencyBoundaryScaling
 from diffexplore.sigma_sampling import EDMSampling
 from diffexplore.weightings import EDMWeighting, EpsWeighting, UnitWeighting
 

@@ -3,20 +3,17 @@ use instead; `16-mixed` with the fused AdamW and gradient clipping (the GradScal
 Lightning's `MixedPrecision` plugin) clips the true, unscaled gradients; `bf16-mixed`/`bf16-true`/`32-true` train with
 the EMA moving in float32; a module-wide cast of an engine, a denoiser or the model a sampler runs leaves the σ table,
 the σ schedule and the EMA exact. The CUDA runs of every mode: `bench/precision_modes.py`."""
+import warnings
 from pathlib import Path
 import pytest
 import torch
 import lightning.pytorch as pl
 from lightning.pytorch.plugins.precision import MixedPrecision
-from diffexplore.engine import DiffusionEngine, LitEma, PRECISION_REFUSED
-from diffexplore.denoiser import Denoiser, DiscreteDenoiser
+from diffexplore.engine import LitEma, PRECISION_REFUSED, PRECISION_WARNED, PrecisionWarning
+from diffexplore.denoiser import DiscreteDenoiser
 from diffexplore.discretizer import EDMDiscretization, LegacyDDPMDiscretization
 from diffexplore.sampling import EulerEDMSampler
-from diffexplore.scalings import EDMScaling, EpsScaling
-from diffexplore.weightings import EDMWeighting
-from diffexplore.sigma_sampling import EDMSampling
-from diffexplore.loss import StandardDiffusionLoss
-from diffexplore.networks import build_unet, OpenAIWrapper
+from diffexplore.scalings import EpsScaling
 from _toy import tiny_engine, toy_data, cpu_trainer as _trainer
 
 
@@ -93,7 +90,12 @@ def test_modes_train_and_the_ema_moves(precision):
     class Rec(pl.Callback):
         def on_train_batch_end(self, trainer, m, outputs, batch, i): losses.append(float(outputs["loss"]))
     t = _trainer(3, precision=precision, gradient_clip_val=1.0, callbacks=[Rec()])
-    t.fit(e, _data())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        t.fit(e, _data())
+    said = [str(w.message) for w in caught if issubclass(w.category, PrecisionWarning)]
+    assert len(said) == (precision in PRECISION_WARNED), said   # bf16-true trains, and says once what it costs
+    assert all("'bf16-mixed' keeps float32 weights" in m for m in said), said
     assert t.global_step == 3 and len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
     assert {s.dtype for s in e.model_ema.shadows()} == {torch.float32}
     assert sum(int((s != s0).sum()) for s, s0 in zip(e.model_ema.shadows(), start)) > 0.9 * sum(s.numel() for s in start)

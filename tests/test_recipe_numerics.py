@@ -7,7 +7,7 @@ from diffexplore.scalings import RectifiedFlowScaling, TrigFlowScaling, Consiste
 from diffexplore.weightings import MinSNRWeighting, SoftMinSNRWeighting, RectifiedFlowWeighting, weighting_in_space
 from diffexplore.sigma_sampling import LogitNormalSampling, CosineSampling, LogUniformSampling
 from diffexplore.denoiser import Denoiser
-from diffexplore.loss import LearnedWeightingLoss, StandardDiffusionLoss
+from diffexplore.loss import LearnedWeightingLoss
 from diffexplore.weightings import EDMWeighting
 from diffexplore.scalings import EDMScaling
 

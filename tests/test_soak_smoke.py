@@ -91,3 +91,12 @@ def test_readings_of_processes_and_kernel():
     r = soak_gpu.kernel_reading(SimpleNamespace(global_step=7), view, SimpleNamespace(started=True, done=False), SimpleNamespace(mib=12.5))
     assert (r["step"], r["training"], r["pushes"], r["grids"], r["grids_skipped"], r["gpu_alloc_step_end_mib"]) == (7, True, 3, 1, 2, 12.5)
     assert r["rss_mib"] > 0
+
+
+def test_max_time_is_what_lightning_reads():
+    "An 8-minute soak once wrote max_time=00:00:00:480, which Lightning's Timer refuses (the 12 s smoke did not show it)."
+    from lightning.pytorch.callbacks import Timer
+    for s in (12, 59, 60, 480, 3599, 3600, 90061):
+        assert Timer(duration=soak_gpu.max_time(s))._duration == s, s
+    assert soak_gpu.max_time(480) == "00:00:08:00"
+    with pytest.raises(ValueError, match="seconds=-1"): soak_gpu.max_time(-1)

@@ -103,3 +103,49 @@ def test_a_recipe_typo_stops_the_study_before_any_cell_trains(tmp_path):
     with pytest.raises(ValueError, match="recipes.RF: unknown target='diffexplore.scalings.RectifiedFlowScalng'"):
         run_study(cfg, tmp_path / "out", jobs=2)
     assert not (tmp_path / "out" / "cells").exists()
+
+
+def _alive(pid: int) -> bool:
+    "Whether `pid` runs (a zombie, left for a PID 1 that does not reap, counts as ended)."
+    try: return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError): return False
+
+
+def _spawned_workers(parent: int) -> list[int]:
+    "The multiprocessing workers (spawn_main) whose parent is `parent`, from /proc."
+    pids = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit(): continue
+        try:
+            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == parent and b"spawn_main" in (d / "cmdline").read_bytes(): pids.append(int(d.name))
+        except (OSError, IndexError, ValueError): pass
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc (Linux)")
+def test_a_killed_parent_takes_its_workers_with_it(tmp_path):
+    """SIGKILL of `diffexplore study --jobs 2` mid-cell: its two workers end within a minute instead of training on unseen
+    (they once finished their cells and idled), each cut cell with its `interrupted.ckpt` for the next run to resume."""
+    cfg, out = _tiny_study(tmp_path, steps=2000), tmp_path / "out"
+    cells = [cell_dir(out, r, 0) for r in ("EDM", "RF")]
+    code = f"import sys; from diffexplore.cli import main; sys.exit(main(['study', '--config', {str(cfg)!r}, '--out', {str(out)!r}, '--jobs', '2']))"
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    workers = []
+    try:
+        t0 = time.time()   # both cells of seed 0 training, past their first checkpoint
+        while not all(list((c / "checkpoints").glob("*.ckpt")) for c in cells):
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.time() - t0 < 300, "the two cells did not start in 300 s"
+            time.sleep(0.1)
+        workers = _spawned_workers(proc.pid)
+    finally:
+        proc.send_signal(signal.SIGKILL); proc.wait(timeout=30)
+    assert len(workers) == 2, workers
+    t0 = time.time()
+    while any(_alive(w) for w in workers) and time.time() - t0 < 90: time.sleep(0.5)
+    try: assert not any(_alive(w) for w in workers), f"workers still running {time.time() - t0:.0f} s after their parent was killed"
+    finally:
+        for w in workers:
+            if _alive(w): os.kill(w, signal.SIGKILL)
+    assert all((c / "checkpoints" / "interrupted.ckpt").is_file() and not (c / "cell.json").is_file() for c in cells)
