@@ -17,8 +17,9 @@ __all__ = ['TRAINER_SECTIONS', 'POSTHOC_EMA_KEYS', 'SECTION_KEYS', 'LIGHTNING_KE
            'sigma_data_auto_keys', 'resolve_sigma_data', 'measure_sigma_data', 'SigmaDataWarning',
            'sigma_data_components', 'check_sigma_data', 'trainer_kwargs', 'sgm_callbacks', 'run_callbacks',
            'RunDirError', 'atomic_write', 'atomic_save', 'check_run_dir', 'make_trainer', 'learning_rate',
-           'ema_summary', 'train', 'read_metrics', 'plot_losses', 'judge_run', 'load_engine', 'set_sampler',
-           'export_weights', 'sample', 'posthoc_ema_checkpoint', 'quiet_libraries', 'main']
+           'ema_summary', 'checkpoint_bytes', 'check_free_space', 'train', 'read_metrics', 'plot_losses', 'judge_run',
+           'load_engine', 'set_sampler', 'export_weights', 'sample', 'posthoc_ema_checkpoint', 'quiet_libraries',
+           'main']
 
 # %% ../nbs/14_cli.ipynb #c480f66b
 class ConfigError(ValueError):
@@ -713,6 +714,25 @@ def _last_good(run_dir: Path) -> str:
     step = torch.load(last, map_location="cpu", weights_only=True, mmap=True)["global_step"]
     return f"The last good checkpoint is {last} (global step {step})."
 
+def checkpoint_bytes(engine) -> int:
+    "About the size of the engine's training checkpoint in bytes: its state_dict (weights, EMA, buffers) and AdamW's two float32 moments per trained parameter."
+    import torch
+    state = sum(t.numel() * t.element_size() for t in engine.state_dict().values() if torch.is_tensor(t))
+    return state + 2 * 4 * sum(p.numel() for p in engine.parameters() if p.requires_grad)
+
+def check_free_space(run_dir: Path, engine, resume=None) -> None:
+    """Raise `RunDirError` before the first step when the disk of `run_dir` has less free space than the run's first
+    checkpoints need: `checkpoint_bytes` each for last.ckpt, best.ckpt and the temporary file of a replace
+    (`atomic_save`), or one for a resumed run, whose files are there already. A lower bound: with sgm's
+    `save_top_k: -1` or post-hoc EMA snapshots a run needs more as it goes, and a disk that fills later stops the
+    run at the write that fails, the previous checkpoint whole."""
+    import shutil
+    size, files = checkpoint_bytes(engine), 1 if resume else 3
+    free = shutil.disk_usage(next(p for p in [Path(run_dir), *Path(run_dir).parents] if p.exists())).free
+    if free < files * size:
+        raise RunDirError(f"run_dir={str(run_dir)!r}: its disk has {free / 2**20:.1f} MiB free, and the run's checkpoints need about "
+                          f"{files * size / 2**20:.1f} MiB ({files} x {size / 2**20:.1f} MiB: last, best and the one being written)")
+
 def _first_write_error(e: RunDirError) -> RunDirError:
     "The earliest `RunDirError` in `e`'s context: the write that failed, not `InterruptCheckpoint`'s that failed after it (a full disk)."
     first, c = e, e.__context__
@@ -729,7 +749,8 @@ def train(cfg: DictConfig, # a loaded config (see `load_config`)
          ) -> dict: # summary: steps, final loss, learning rate, EMA decay, paths, excess loss over the floor, post-hoc EMA snapshots, judge results
     """Train the run `cfg` describes into `run_dir`, its `sigma_data: auto` resolved first (`_sigma_data_for_run`).
     Raises `ConfigError` before training for config problems (and then writes nothing), `RunDirError` before anything
-    is built for a `run_dir` that cannot be written (`check_run_dir`) and at a checkpoint write that fails (no space:
+    is built for a `run_dir` that cannot be written (`check_run_dir`), before the first step for a disk without room
+    for the first checkpoints (`check_free_space`), and at a checkpoint write that fails (no space:
     the previous checkpoint stays whole, `atomic_save`), `NonFiniteLossError` (after saving nothing new) when the loss
     becomes NaN/inf."""
     import torch, lightning.pytorch as pl
@@ -746,6 +767,7 @@ def train(cfg: DictConfig, # a loaded config (see `load_config`)
     trainer = make_trainer(cfg, run_dir, num_classes=getattr(dm, "num_classes", None), engine=engine, fast_off=fast_off,
                            resume_step=resume_step)
     lr = learning_rate(cfg, engine, trainer, dm, scale_lr)
+    check_free_space(run_dir, engine, resume)
     run_dir.mkdir(parents=True, exist_ok=True)   # only once data, model and trainer are built: a bad config leaves no run dir
     OmegaConf.save(cfg, run_dir / "config.yaml")
     t0 = time.time(); _fit(trainer, engine, dm, resume)

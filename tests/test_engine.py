@@ -60,6 +60,18 @@ def test_sample_from_checkpoint(run20, tmp_path):
                  "--out", str(tmp_path / "x.png")]) == 2   # class label out of range: a clear error, exit 2
 
 
+def test_sample_in_batches(run20, tmp_path, monkeypatch):
+    "`cli.sample` draws in batches of `batch_size`, batch i with seed + i: 5 in batches of 2 are 5 images, the first two those of `n=2`."
+    import torch
+    from diffexplore import cli, data
+    grids = []
+    monkeypatch.setattr(data, "save_image_grid", lambda imgs, out, nrow: grids.append(imgs) or Path(out))
+    ck = run20 / "checkpoints/last.ckpt"
+    cli.sample(ck, 5, tmp_path / "a.png", num_steps=2, batch_size=2, progress=True)
+    cli.sample(ck, 2, tmp_path / "b.png", num_steps=2, batch_size=2)
+    assert grids[0].shape[0] == 5 and torch.equal(grids[0][:2], grids[1]) and not torch.equal(grids[0][2:4], grids[1])
+
+
 def test_class_label_out_of_range_message(run20, capsys, tmp_path):
     main(["sample", "--ckpt", str(run20 / "checkpoints/last.ckpt"), "--n", "2", "--class-label", "-1", "--out", str(tmp_path / "x.png")])
     assert "class_label must be in [0, 9]; got class_label=-1" in capsys.readouterr().err

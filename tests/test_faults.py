@@ -189,3 +189,21 @@ def test_metrics_csv_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
     log.save()                                                                  # the rows not written are written now
     lines = f.read_text().splitlines()
     assert len(lines) == 7 and lines[0] == "step,train/loss,train/new_column" and lines[-1] == "5,0.1,2.0", lines
+
+
+def test_a_disk_without_room_for_the_first_checkpoints_is_refused_before_step_0(tmp_path, monkeypatch, capsys):
+    "The free space is checked against `cli.checkpoint_bytes` before the first step, and the estimate is the real size to 10 %."
+    import shutil
+    from diffexplore import cli
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=2**20))   # 1 MiB free
+    run = tmp_path / "run"
+    rc = main(["train", "--config", "digits", "--run-dir", str(run), "--no-judge", *RUN, "trainer.max_steps=2"])
+    err = [l for l in capsys.readouterr().err.splitlines() if not l.startswith("INFO: ")]
+    assert rc == 2 and len(err) == 1 and err[0].startswith(f"diffexplore: error: run_dir='{run}': its disk has 1.0 MiB free, "
+                                                           "and the run's checkpoints need about"), err
+    assert not run.exists()
+    monkeypatch.undo()
+    assert main(["train", "--config", "digits", "--run-dir", str(run), "--no-judge", *RUN, "trainer.max_steps=2"]) == 0
+    last = run / "checkpoints" / "last.ckpt"
+    assert abs(cli.checkpoint_bytes(cli.load_engine(last)) / last.stat().st_size - 1) < 0.1
