@@ -1,5 +1,5 @@
 "Shared by the bench scripts: a one-line description of this machine, and adding rows to a BENCHMARKS.md table."
-import fcntl, os, platform
+import fcntl, os, platform, re
 
 
 def machine() -> str:
@@ -12,6 +12,11 @@ def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} CPUs, {model}"
 
 
+def _level(line: str) -> int:
+    "A markdown heading's level (`### x`: 3), 0 for another line."
+    m = re.match(r"(#{1,6}) ", line)
+    return len(m.group(1)) if m else 0
+
 def append_rows(path: str, heading: str, intro: str, header: str, rows: list):
     """Add `rows` (markdown table lines) to the table under `heading` in `path`, keeping the other sections; the
     file, the section (heading, `intro`, `header`) and the table are created as needed. Holds a file lock, so
@@ -22,8 +27,8 @@ def append_rows(path: str, heading: str, intro: str, header: str, rows: list):
         if heading not in lines:
             lines += ["", heading, "", *intro.rstrip("\n").split("\n"), "", *header.split("\n"), *rows]
         else:
-            start = lines.index(heading)
-            end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+            start, level = lines.index(heading), _level(heading)
+            end = next((i for i in range(start + 1, len(lines)) if 0 < _level(lines[i]) <= level), len(lines))   # the next heading as high
             last_row = max((i for i in range(start, end) if lines[i].startswith("|")), default=None)
             if last_row is not None: lines[last_row + 1:last_row + 1] = rows
             else:   # a new table after the section's text, blank lines around it

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine, append_rows  # noqa: E402
 
-HEADING = "## Reliability: kill and resume"
+HEADING = "### 5. Faults"   # in BENCHMARKS.md's "Reliability (issue 15)"
 INTRO = ("`bench/kill_resume.py`: a tiny digits run on the CPU killed with SIGKILL at random steps (mid-write where the\n"
          "step is a checkpoint step) and continued with `diffexplore train --resume`; its final `last.ckpt` compared with\n"
          "an uninterrupted run's, bit for bit.\n")

@@ -16,10 +16,10 @@ __all__ = ['TRAINER_SECTIONS', 'POSTHOC_EMA_KEYS', 'SECTION_KEYS', 'LIGHTNING_KE
            'apply_overrides', 'check_sections', 'load_config', 'build_engine', 'build_data', 'check_compatible',
            'sigma_data_auto_keys', 'resolve_sigma_data', 'measure_sigma_data', 'SigmaDataWarning',
            'sigma_data_components', 'check_sigma_data', 'trainer_kwargs', 'sgm_callbacks', 'run_callbacks',
-           'RunDirError', 'atomic_write', 'atomic_save', 'check_run_dir', 'make_trainer', 'learning_rate',
-           'ema_summary', 'checkpoint_bytes', 'check_free_space', 'train', 'read_metrics', 'plot_losses', 'judge_run',
-           'load_engine', 'set_sampler', 'export_weights', 'sample', 'posthoc_ema_checkpoint', 'quiet_libraries',
-           'main']
+           'RunDirError', 'atomic_write', 'atomic_save', 'atomic_write_text', 'check_run_dir', 'make_trainer',
+           'learning_rate', 'ema_summary', 'checkpoint_bytes', 'check_free_space', 'train', 'read_metrics',
+           'plot_losses', 'judge_run', 'load_engine', 'set_sampler', 'export_weights', 'sample',
+           'posthoc_ema_checkpoint', 'quiet_libraries', 'main']
 
 # %% ../nbs/14_cli.ipynb #c480f66b
 class ConfigError(ValueError):
@@ -586,6 +586,13 @@ def atomic_save(checkpoint: dict, # what `torch.save` takes (Lightning's checkpo
     import torch
     atomic_write(path, lambda f: torch.save(checkpoint, f), "checkpoint")
 
+def atomic_write_text(path, # the file to write, e.g. RUN/summary.json
+                      text: str, # its content, written as UTF-8
+                      what: str = "file", # named in the error
+                     ) -> None:
+    "`text` to `path` whole or not at all (`atomic_write`): a run's config, summary and judge results, a study's cells and report. Raises `RunDirError` for an `OSError`."
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")), what)
+
 def _checkpoint_io():
     "An `AtomicCheckpointIO`: Lightning's `TorchCheckpointIO` (loading unchanged) whose saves go through `atomic_save`."
     from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -769,7 +776,7 @@ def train(cfg: DictConfig, # a loaded config (see `load_config`)
     lr = learning_rate(cfg, engine, trainer, dm, scale_lr)
     check_free_space(run_dir, engine, resume)
     run_dir.mkdir(parents=True, exist_ok=True)   # only once data, model and trainer are built: a bad config leaves no run dir
-    OmegaConf.save(cfg, run_dir / "config.yaml")
+    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg), "config")
     t0 = time.time(); _fit(trainer, engine, dm, resume)
     engine.to(trainer.strategy.root_device)   # Lightning's teardown moved it to the CPU: judge on the training device
     loss = trainer.callback_metrics.get("train/loss")
@@ -784,7 +791,7 @@ def train(cfg: DictConfig, # a loaded config (see `load_config`)
     plot_losses(run_dir)
     n_judge = int(_lightning(cfg).get("judge_samples", LIGHTNING_KEYS["judge_samples"]))
     if judge and n_judge > 0 and getattr(dm, "num_classes", None): summary["judge"] = judge_run(engine, dm, n_judge, run_dir, progress=True)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2), "summary")
     return summary
 
 # %% ../nbs/14_cli.ipynb #729b3293
@@ -828,7 +835,7 @@ def judge_run(engine, dm, n_samples: int, run_dir=None, batch: int = 250, seed: 
     bar.close()
     res = judge_samples(torch.cat(imgs), labels, dm, progress=progress)
     res = {k_: (v.tolist() if hasattr(v, "tolist") else v) for k_, v in res.items()}
-    if run_dir is not None: Path(run_dir, "judge.json").write_text(json.dumps(res, indent=2))
+    if run_dir is not None: atomic_write_text(Path(run_dir, "judge.json"), json.dumps(res, indent=2), "judge results")
     return res
 
 # %% ../nbs/14_cli.ipynb #6cc297cd

@@ -904,7 +904,9 @@ def _floor(self: ExcessLoss, engine, z: Tensor, y: Tensor | None) -> dict:
                for b, r in zip(sigma_bucket_names(engine.sigma_bucket_edges), rows) if math.isfinite(r["floor"])}
     self.floor_seconds = round(time.perf_counter() - t0, 2)
     self.cache, self.floor_source = {"key": key, "buckets": buckets, "seconds": self.floor_seconds}, "computed"
-    if self.path is not None: self.path.parent.mkdir(parents=True, exist_ok=True); self.path.write_text(json.dumps(self.cache, indent=1))
+    if self.path is not None:
+        from diffexplore.cli import atomic_write_text
+        atomic_write_text(self.path, json.dumps(self.cache, indent=1), "floor cache")
     return buckets
 
 # %% ../nbs/11_engine.ipynb #bb76a072

@@ -218,6 +218,11 @@ def resume_point(run_dir) -> Path | None:
     best = max((p for p in steps if steps[p] >= 0), key=lambda p: steps[p], default=None)
     return best
 
+def _read_json(path: Path) -> dict | None:
+    "The JSON in `path`, or None when there is no such file or it does not parse (cut short by a crash: the cell redoes what it held)."
+    try: return json.loads(Path(path).read_text())
+    except (OSError, ValueError): return None
+
 def images_seen(cfg: DictConfig, steps: int) -> int:
     "Optimizer steps × batch size × gradient accumulation: the images a run of `steps` steps saw (one device)."
     acc = OmegaConf.select(cfg, "trainer.accumulate_grad_batches", default=1) or 1
@@ -260,11 +265,11 @@ def run_cell(study: DictConfig, recipe: str, seed: int, out) -> dict:
     images seen, the judge's keys, the run's own excess per σ bucket, `sigma_excess`, the EMA sweep (sweep seeds) and times.
     What `diffexplore train` would print (progress bars, σ_data, Lightning's lines, warnings) goes to the cell's `train.log`;
     the study's `no_fast` switches go to `train(fast_off=...)`."""
-    from diffexplore.cli import build_data, load_engine, quiet_libraries, train
+    from diffexplore.cli import atomic_write_text, build_data, load_engine, quiet_libraries, train
     d = cell_dir(out, recipe, seed); done = d / "cell.json"
-    if done.is_file(): return json.loads(done.read_text())
-    cfg, t0 = cell_config(study, recipe, seed), time.time()
-    if (d / "summary.json").is_file(): summary, how = json.loads((d / "summary.json").read_text()), "measured"
+    if (cell := _read_json(done)) is not None: return cell
+    cfg, t0, summary = cell_config(study, recipe, seed), time.time(), _read_json(d / "summary.json")
+    if summary is not None: how = "measured"
     else:
         resume = resume_point(d) if d.is_dir() else None
         if d.is_dir() and resume is None: shutil.rmtree(d)   # killed before its first checkpoint: nothing to keep
@@ -281,7 +286,7 @@ def run_cell(study: DictConfig, recipe: str, seed: int, out) -> dict:
             "judge": _judged(summary.get("judge")), "ema": {k: v for k, v in summary.items() if k.startswith("ema_")},
             "bucket_excess": (summary.get("excess_loss") or {}).get("buckets", {}), "sigma_excess": excess, "ema_sweep": sweep,
             "train_seconds": summary.get("train_seconds"), "run_seconds": round(t1 - t0, 1), "measure_seconds": round(time.time() - t1, 1)}
-    done.write_text(json.dumps(cell, indent=1))
+    atomic_write_text(done, json.dumps(cell, indent=1), "cell")
     return cell
 
 # %% ../nbs/19_study.ipynb #d7f2793a
@@ -432,6 +437,7 @@ def run_study(config, # a study YAML (or a shipped study's name, e.g. `study_dig
     (`study_markdown`). A cell computes the same with any `jobs` (each is its own seeded run). Raises `ConfigError` for
     a bad study config (a recipe whose engine cannot be built among them, before any cell trains) or when `out` holds a
     study that differs in `CELL_DEFINING`, `ValueError` for `jobs` < 1."""
+    from diffexplore.cli import atomic_write_text
     study, jobs = load_study_config(config), check_int(jobs, "jobs")
     out = Path(out) if out else Path("runs") / Path(str(config)).stem
     saved = out / "study.yaml"
@@ -440,15 +446,16 @@ def run_study(config, # a study YAML (or a shipped study's name, e.g. `study_dig
         for k in CELL_DEFINING:
             if _plain(old.get(k)) != _plain(study.get(k)):
                 raise _study_error(f"out={str(out)!r} holds a study with a different `{k}`; choose a new --out")
-    out.mkdir(parents=True, exist_ok=True); OmegaConf.save(study, saved)
+    atomic_write_text(saved, OmegaConf.to_yaml(study), "study config")
     cells, grid, todo = {}, [(s, r) for s in study.seeds for r in study.recipes], []
     for k, (seed, recipe) in enumerate(grid, 1):
-        if (cell_dir(out, recipe, seed) / "cell.json").is_file():
+        if _read_json(cell_dir(out, recipe, seed) / "cell.json") is not None:
             cells[k] = run_cell(study, recipe, seed, out); log(_cell_line(k, len(grid), cells[k], True))
         elif not report_only: todo.append((k, seed, recipe))
     _check_recipes(study, dict.fromkeys(r for _, _, r in todo))   # a typo in a recipe stops the study before any cell trains
     runs = _cells_in_parallel(study, out, todo, jobs) if jobs > 1 and todo else ((k, run_cell(study, r, s, out)) for k, s, r in todo)
     for k, c in runs: cells[k] = c; log(_cell_line(k, len(grid), c, False))
     summary = summarize(study, [cells[k] for k in sorted(cells)])
-    (out / "study.json").write_text(json.dumps(_no_nan(summary), indent=1, allow_nan=False)); (out / "study.md").write_text(study_markdown(summary))
+    atomic_write_text(out / "study.json", json.dumps(_no_nan(summary), indent=1, allow_nan=False), "study report")
+    atomic_write_text(out / "study.md", study_markdown(summary), "study report")
     return {"out": str(out), "cells_done": len(cells), "cells_total": len(grid), "table": str(out / "study.md"), "json": str(out / "study.json")}

@@ -80,3 +80,6 @@ def test_append_rows(tmp_path):
     assert f.read_text() == "# Benchmarks\n\n## Other\n\nkeep me\n\n## T\n\nintro line\n\n| a |\n|---|\n| 1 |\n| 2 |\n| 3 |\n"
     append_rows(str(f), "## Other", "", "| b |\n|---|", ["| x |"])   # a section without a table gets one
     assert "keep me\n\n| b |\n|---|\n| x |\n\n## T" in f.read_text()
+    f.write_text("# B\n\n## R\n\n### 5\n\n| a |\n|---|\n| 1 |\n\ntext\n\n### 6\n\n| z |\n|---|\n| 9 |\n")
+    append_rows(str(f), "### 5", "", "| a |\n|---|", ["| 2 |"])   # a subsection's table, not the last table of its section
+    assert "| 1 |\n| 2 |\n\ntext\n\n### 6\n\n| z |\n|---|\n| 9 |\n" in f.read_text(), f.read_text()

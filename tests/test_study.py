@@ -93,6 +93,16 @@ def test_two_jobs_compute_the_cells_of_one(tmp_path, monkeypatch):
     times = ("train_seconds", "run_seconds", "measure_seconds")
     cells = lambda r: [{k: v for k, v in c.items() if k not in times} for c in json.loads(Path(r["json"]).read_text())["cells"]]
     assert (one["cells_done"], two["cells_done"]) == (4, 4) and cells(one) == cells(two)
+    # cell.json or summary.json cut short (a crash mid-write, before they were written atomically): redone, not a traceback
+    edm, rf = cell_dir(tmp_path / "one", "EDM", 0), cell_dir(tmp_path / "one", "RF", 0)
+    for f in (edm / "cell.json", rf / "cell.json", rf / "summary.json"): f.write_text(f.read_text()[:40])
+    torch.set_num_threads(1)
+    try: again = run_study(cfg, tmp_path / "one", log=lambda s: None)
+    finally: torch.set_num_threads(old)
+    redone = {(c["recipe"], c["seed"]): c["how"] for c in json.loads(Path(again["json"]).read_text())["cells"]}
+    assert redone == {("EDM", 0): "measured", ("RF", 0): "resumed", ("EDM", 1): "trained", ("RF", 1): "trained"}, redone
+    same = lambda r: [{k: v for k, v in c.items() if k != "how"} for c in cells(r)]
+    assert same(again) == same(one)   # the same weights, measured again with the same seeds
     with pytest.raises(ValueError, match="jobs=0"): run_study(cfg, tmp_path / "zero", jobs=0)
 
 
