@@ -75,10 +75,12 @@ def _is_trainer_arg(key: str) -> bool:
 
 def _is_target_param(cfg, key: str) -> bool:
     "`….params.NAME` may name any constructor parameter of that node's `target`, also one the config file does not set."
+    from omegaconf.errors import OmegaConfBaseException
     from diffexplore.core import get_obj_from_str
     parent, _, name = key.rpartition(".")
     if not parent.endswith("params"): return False
-    node = OmegaConf.select(cfg, parent[:-len("params")].rstrip(".")) if parent != "params" else cfg
+    try: node = OmegaConf.select(cfg, parent[:-len("params")].rstrip(".")) if parent != "params" else cfg
+    except OmegaConfBaseException: return False   # a path OmegaConf cannot walk (a list index `0s`): not a key of the file
     target = node.get("target") if hasattr(node, "get") else None
     if not target: return False
     try: return name in inspect.signature(get_obj_from_str(target)).parameters
@@ -108,6 +110,7 @@ def apply_overrides(cfg: DictConfig, # the base config
     """Set keys from `key=value` overrides; values are parsed as YAML (`3e-4`, `[64, 128]`, `null`). Raises `ConfigError`
     for a malformed override (all are checked first) or a key that does not exist (with close matches); `lightning.` keys of
     `LIGHTNING_KEYS` and a target's constructor parameters may be set where the file does not."""
+    from omegaconf.errors import OmegaConfBaseException
     pairs, cfg = [_split_override(o) for o in overrides], cfg.copy()
     known = _all_keys(OmegaConf.to_container(cfg, resolve=False))
     for key, value in pairs:
@@ -119,7 +122,8 @@ def apply_overrides(cfg: DictConfig, # the base config
         try: parsed = OmegaConf.from_dotlist([f"v={value}"])["v"]   # OmegaConf's YAML: 3e-4 is a float
         except Exception as e:   # PyYAML's scanner errors: the value is not YAML
             raise ConfigError(f"override {key}={value}: the value is not YAML ({str(e).splitlines()[0]}); a mapping needs a space after each colon, e.g. {{a: 1, b: [2, 3]}}") from None
-        OmegaConf.update(cfg, key, parsed, merge=False)
+        try: OmegaConf.update(cfg, key, parsed, merge=False)
+        except OmegaConfBaseException as e: raise ConfigError(f"override {key}={value}: {str(e).splitlines()[0]}") from None   # e.g. a list index that is no int
     return cfg
 
 # %% ../nbs/14_cli.ipynb #e0e9ec8a
@@ -236,7 +240,7 @@ def _network_in_channels(network):
 
 def check_compatible(engine, dm) -> None:
     """Raise `ConfigError` when data, first stage, network and conditioner disagree: channel counts, the number of
-    classes, and a sampler without `num_steps`. Concat conditioning channels are not known statically and are not counted."""
+    classes, a network with a class embedding but no conditioner, and a sampler without `num_steps`. Concat conditioning channels are not known statically and are not counted."""
     from diffexplore.engine import conditioner_classes
     c_data = getattr(dm, "channels", None)
     fs = engine.first_stage
@@ -245,6 +249,10 @@ def check_compatible(engine, dm) -> None:
     if c_net is not None and c_latent is not None and c_net != c_latent:
         raise ConfigError(f"channel mismatch: data has {c_data} channels, the first stage gives {c_latent}, "
                           f"but the network expects in_channels={c_net}")
+    net = getattr(getattr(engine.model, "diffusion_model", None), "_orig_mod", getattr(engine.model, "diffusion_model", None))
+    if engine.conditioner is None and getattr(net, "class_embedding", None) is not None:
+        raise ConfigError(f"the network has a class embedding (class_embed_type={net.config.class_embed_type!r}) but the model has no "
+                          "conditioner to feed it: set model.params.conditioner_config (a ClassEmbedder), or build the network without class_embed_dim")
     n_classes = conditioner_classes(engine.conditioner)
     n_data = getattr(dm, "num_classes", None)
     if n_classes is not None and n_data is not None and n_data > n_classes:

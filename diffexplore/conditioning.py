@@ -150,6 +150,7 @@ def _as_embedder(entry, at: str = "emb_models") -> AbstractEmbModel:
         else: emb = entry
         _check_type(emb)
         if emb.input_key is None: raise ValueError(f"embedder {type(emb).__name__} needs an input_key (the batch entry it embeds)")
+        if not isinstance(emb.input_key, str): raise ValueError(f"input_key must be a string, the batch entry it embeds (e.g. 'cls'); got input_key={emb.input_key!r}")
     except (ValueError, TypeError) as e:
         if getattr(e, "_config_path", None) is not None: raise
         raise type(e)(f"{at}: {e}") from e

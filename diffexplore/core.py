@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #e958e3a3
 from __future__ import annotations
-import contextvars, importlib, inspect, math, numbers, re, types, typing
+import contextvars, difflib, importlib, inspect, math, numbers, re, types, typing
 from collections import abc
 from contextlib import contextmanager
 from typing import Any, Callable, Mapping
@@ -229,8 +229,17 @@ def get_obj_from_str(target: str # dotted path `package.module.Name`; sgm paths 
 def _is_config(v) -> bool: return isinstance(v, Mapping) and "target" in v
 
 def _build(v, path: str):
-    "Build a target-dict param; lists are passed as they are (sgm's GeneralConditioner reads settings next to each entry's target)."
-    return instantiate_from_config(v, path=path) if _is_config(v) else v
+    """Build a target-dict param; lists are passed as they are (sgm's GeneralConditioner reads settings next to each
+    entry's target). Raises `ValueError` for a mapping that is a component's config without its `target` (it has
+    `params`, a key one letter from `target` such as `taget`, or sits under a `foo_config` key): passed on as a dict,
+    it failed later as "'dict' object is not callable"."""
+    if _is_config(v): return instantiate_from_config(v, path=path)
+    if not isinstance(v, Mapping): return v
+    typo = next((k for k in v if isinstance(k, str) and difflib.SequenceMatcher(None, k, "target").ratio() >= 0.8), None)
+    why = (f"has {typo!r} (a misspelt target?) but no target" if typo else "has params but no target" if "params" in v else
+           "is a component's config (sgm's foo_config) but has no target" if path.endswith("_config") else None)
+    if why is None: return v
+    raise ValueError(f"{path} {why}: a component's config is {{target: module.Class, params: {{...}}}}; got keys {sorted(map(str, v))}")
 
 def _fits(v, h) -> bool | None:
     "Does `v` fit the annotation `h`? None when `h` is not a plain bool/int/float/str/list/tuple/dict/Sequence/Mapping/None (or a union of them)."

@@ -210,6 +210,9 @@ class DiffusionEngine(pl.LightningModule):
                  cuda_graphs: bool = None, channels_last: bool = False):
         super().__init__()
         lr, warmup_steps = check_positive(lr, "lr"), check_int(warmup_steps, "warmup_steps", lo=0)
+        for name, part in (("network", network), ("denoiser", denoiser), ("loss_fn", loss_fn)):
+            if not callable(part): raise ValueError(f"{name} is required (sgm's {name}_config: a mapping with a target); got {name}={part!r}")
+        if not isinstance(input_key, str): raise ValueError(f"input_key must be a string, the batch key of the images (sgm's 'jpg'); got input_key={input_key!r}")
         self.model = wrap_network(network, network_wrapper, compile_model)
         self.denoiser, self.loss_fn, self.conditioner, self.first_stage = denoiser, loss_fn, conditioner, first_stage
         self.sampler = sampler
@@ -225,7 +228,10 @@ class DiffusionEngine(pl.LightningModule):
 
 # %% ../nbs/11_engine.ipynb #cfdbc17f
 @patch
-def get_input(self: DiffusionEngine, batch: dict) -> Tensor: return batch[self.input_key]
+def get_input(self: DiffusionEngine, batch: dict) -> Tensor:
+    "The batch's images, `batch[input_key]` (sgm's `get_input`); `ValueError` naming the key and the batch's keys when it has none such."
+    if self.input_key not in batch: raise ValueError(f"input_key={self.input_key!r} is not a key of the training batches; they have {sorted(batch)}")
+    return batch[self.input_key]
 
 @patch
 @torch.no_grad()

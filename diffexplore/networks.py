@@ -123,6 +123,8 @@ class IdentityWrapper(nn.Module):
     def __init__(self, diffusion_model: nn.Module, # the network F
                  compile_model: bool = False): # wrap it in `torch.compile`
         super().__init__()
+        if not callable(diffusion_model):
+            raise ValueError(f"diffusion_model must be a network (a module; in a config, a mapping with a target); got diffusion_model={diffusion_model!r}")
         self.compile_model = compile_model
         self.diffusion_model = torch.compile(diffusion_model) if compile_model else diffusion_model
 

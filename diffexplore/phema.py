@@ -136,14 +136,17 @@ def _canonical(blob: bytes) -> bytes:
 def save_snapshot(self: PostHocEMA, model: nn.Module, dirpath) -> Path:
     """Write `dirpath/phema-{step:08d}.safetensors`: average i of parameter `name` as `ema{i}/name`, the model's
     buffers (persistent ones, as they are now) as `buffer/name`, and `_metadata` (all str); the same averages give
-    the same bytes (`_canonical`). Returns the path."""
+    the same bytes (`_canonical`), written whole or not at all (`cli.atomic_write`). Returns the path; raises
+    `cli.RunDirError` naming it when the write fails (a full disk)."""
     from safetensors.torch import save
+    from diffexplore.cli import atomic_write
     buffers = {n: b for n, b in model.state_dict().items() if n not in self.averages[0]}
     tensors = {f"ema{i}/{n}": a.detach().cpu().contiguous() for i, avg in enumerate(self.averages) for n, a in avg.items()}
     tensors |= {f"buffer/{n}": b.detach().cpu().contiguous() for n, b in buffers.items()}
     meta = self._metadata() | {"names": json.dumps(list(model.state_dict()))}
     path = Path(dirpath) / f"phema-{self.step:08d}.safetensors"; path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp"); tmp.write_bytes(_canonical(save(tensors, metadata=meta))); tmp.replace(path)
+    data = _canonical(save(tensors, metadata=meta))
+    atomic_write(path, lambda f: f.write(data), "post-hoc EMA snapshot")   # whole or not at all: a kill leaves no cut snapshot
     self.saved.append(path)
     return path
 
