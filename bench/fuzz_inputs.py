@@ -235,7 +235,8 @@ def argv_cases(draw):
     if cmd == "sample" and "--num-steps" not in argv: argv += ["--num-steps", "4"]   # bounded: the run's 18 Heun steps otherwise
     if draw(st.integers(0, 9)) == 0:
         junk = draw(st.sampled_from(["--nope", "-x", "extra", "--n=3", "--help", "--out"]))
-        argv.insert(draw(st.integers(1, len(argv))), junk); names.append(junk)
+        at = draw(st.integers(1, len(argv))); argv.insert(at, junk); names.append(junk)
+        if at + 1 < len(argv): names.append(argv[at + 1])   # the token it displaced (`--run-dir extra RUN`: RUN becomes a stray override)
     names += [o for o in REQUIRED[cmd] if o not in argv]   # argparse names a missing required option
     return Case("argv", argv, names)
 

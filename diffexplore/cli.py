@@ -178,7 +178,9 @@ def _check_values(cfg: DictConfig) -> None:
     is built, since there they fail without naming the key (`int(None)`, OmegaConf's multi-line errors)."""
     from omegaconf.errors import OmegaConfBaseException
     try: OmegaConf.to_container(cfg, resolve=True)
-    except OmegaConfBaseException as e: raise ConfigError(f"config key {getattr(e, 'full_key', None) or '?'}: {str(e).splitlines()[0]}") from None
+    except OmegaConfBaseException as e:   # OmegaConf writes a list item as emb_models[0]; the config's own keys are dotted (emb_models.0)
+        key = re.sub(r"\[(\d+)\]", r".\1", str(getattr(e, "full_key", None) or "?"))
+        raise ConfigError(f"config key {key}: {str(e).splitlines()[0]}") from None
     for section in ("model", "data"):
         for k in _all_keys(OmegaConf.to_container(cfg[section], resolve=True)):
             v = OmegaConf.select(cfg, f"{section}.{k}")
@@ -211,7 +213,7 @@ def build_engine(cfg: DictConfig, dm=None):
     """The `DiffusionEngine` the config's `model` section describes (`model.base_learning_rate`, sgm's, becomes its `lr`),
     with the whole config attached (saved in checkpoints). A `sigma_data: auto` is first replaced by the σ_data of the
     data `dm` (built from the config when None; `measure_sigma_data`), so the attached config holds the number.
-    Raises `ConfigError` when both set the learning rate."""
+    Raises `ConfigError` when both set the learning rate, or `model` builds something else than a `DiffusionEngine`."""
     from diffexplore.core import instantiate_from_config
     if sigma_data_auto_keys(cfg): cfg = resolve_sigma_data(cfg, measure_sigma_data(cfg, dm)["value"])
     model = OmegaConf.to_container(cfg.model, resolve=True)
@@ -223,6 +225,9 @@ def build_engine(cfg: DictConfig, dm=None):
             raise ConfigError(f"model.base_learning_rate must be a number > 0; got model.base_learning_rate={base!r}")
         model["params"] = {**(model.get("params") or {}), "lr": float(base)}
     engine = instantiate_from_config(model, path="model")
+    from diffexplore.engine import DiffusionEngine
+    if not isinstance(engine, DiffusionEngine):
+        raise ConfigError(f"model.target must be a DiffusionEngine (sgm's sgm.models.diffusion.DiffusionEngine) or a subclass; got model.target={model.get('target')!r}")
     engine.config = OmegaConf.to_container(cfg, resolve=True)
     return engine
 

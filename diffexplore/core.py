@@ -277,6 +277,24 @@ def _bad_params(e: TypeError, target: str, path: str) -> TypeError:
     sgm = f" (written {missing[1]}_config in sgm's configs)" if missing else ""
     return TypeError(f"{path + '.params: ' if path else ''}bad params for target={target!r}: {e}{sgm}")
 
+def _target_class(target: str, path: str):
+    "`get_obj_from_str(target)`; its `ValueError` (an unknown or malformed target) names `path.target`."
+    try: return get_obj_from_str(target)
+    except ValueError as e:
+        if not path or isinstance(e, TargetNotAllowed): raise
+        err = ValueError(f"{path}.target: {e}"); err._config_path = f"{path}.target"
+        raise err from None
+
+def _check_required(cls, params: dict, written: dict, at) -> None:
+    """`ValueError` for sgm's `foo_config: null` where `cls` has no default for `foo`: a required component left out
+    (`sigma_sampler_config: null` failed at the first step as "'NoneType' object is not callable")."""
+    try: sig = inspect.signature(cls).parameters
+    except (TypeError, ValueError): return
+    for k, v in params.items():
+        if v is None and written[k].endswith("_config") and k in sig and sig[k].default is inspect.Parameter.empty:
+            err = ValueError(f"{at(written[k])} is null, but {cls.__name__} needs its {k} (a mapping with a target)"); err._config_path = at(written[k])
+            raise err
+
 def _rename_sgm_params(cls, params: dict) -> dict:
     "sgm passes `foo_config` where our constructors take the built object `foo`."
     try: names = set(inspect.signature(cls).parameters)
@@ -335,11 +353,12 @@ def instantiate_from_config(config: Mapping, # `{"target": "module.Class", "para
         raise ValueError(f"{path + ': ' if path else ''}config must be a mapping with a 'target' key; got config={config!r}")
     target, params = config["target"], config.get("params") or {}
     if not isinstance(params, Mapping): raise TypeError(f"{path + '.' if path else ''}params of target={target!r} must be a mapping; got params={params!r}")
-    cls = get_obj_from_str(target)
+    cls = _target_class(target, path)
     at = lambda k: f"{path}.params.{k}" if path else f"params.{k}"
     typed = list(params)   # the keys as written (sgm's `foo_config`), for error paths
     params = _rename_sgm_params(cls, {k: _build(v, at(k)) for k, v in params.items()})
     written = dict(zip(params, typed))
+    _check_required(cls, params, written, at)
     try: inspect.signature(cls).bind(**params)
     except TypeError as e: raise _bad_params(e, target, path) from e
     except ValueError: pass  # builtins without a signature: let the call decide

@@ -102,7 +102,7 @@ class ImageDataModule(Repr, LightningDataModule):
                  seed: int = 0, # seeds the split and the training loader's shuffling
                 ):
         super().__init__()
-        self.batch_size, self.num_workers, self.seed = check_int(batch_size, "batch_size", 1), check_int(num_workers, "num_workers", 0), int(seed)
+        self.batch_size, self.num_workers, self.seed = check_int(batch_size, "batch_size", 1), check_int(num_workers, "num_workers", 0), check_int(seed, "seed", 0)
         self._data, self._class_names = None, None
 
     def _load(self) -> dict: raise NotImplementedError  # {"train": (images, labels), "val": (images, labels)}
@@ -178,7 +178,7 @@ class EpochShuffleSampler(Sampler):
     Stateful (`state_dict`/`load_state_dict`: epoch and position), so that `StatefulDataLoader` resumes a run
     mid-epoch on the very batch it would have served next."""
     def __init__(self, n: int, seed: int = 0):
-        self.n, self.seed, self.epoch = check_int(n, "n", 1), int(seed), 0
+        self.n, self.seed, self.epoch = check_int(n, "n", 1), check_int(seed, "seed", 0), 0
         self._yielded, self._start = 0, 0
     def set_epoch(self, epoch: int):
         if int(epoch) != self.epoch: self._start = 0   # a pending resume position belongs to the restored epoch only

@@ -854,11 +854,9 @@ class ExcessLoss(Callback):
     or data it cannot find. Source of the floor: the optimal denoiser of Karras et al. 2022, Appendix B.3, eq. 57."""
     def __init__(self, every_n_steps: int = 200, path=None, n_per_bucket: int = 2000, k_per_bucket: int = 128,
                  max_images: int = 5000, seed: int = 0, images: Tensor = None, labels: Tensor = None):
-        if int(every_n_steps) < 0: raise ValueError(f"every_n_steps must be >= 0; got every_n_steps={every_n_steps!r}")
-        for name, v, lo in (("n_per_bucket", n_per_bucket, 2), ("k_per_bucket", k_per_bucket, 2), ("max_images", max_images, 1)):
-            if int(v) < lo: raise ValueError(f"{name} must be >= {lo}; got {name}={v!r}")
-        self.every, self.path, self.n_per_bucket, self.k = int(every_n_steps), None if path is None else Path(path), int(n_per_bucket), int(k_per_bucket)
-        self.max_images, self.seed, self.images, self.labels = int(max_images), int(seed), images, labels
+        self.every, self.n_per_bucket, self.k = check_int(every_n_steps, "every_n_steps", 0), check_int(n_per_bucket, "n_per_bucket", 2), check_int(k_per_bucket, "k_per_bucket", 2)
+        self.path, self.max_images, self.seed = None if path is None else Path(path), check_int(max_images, "max_images", 1), check_int(seed, "seed", 0)
+        self.images, self.labels = images, labels
         self.cache, self.history, self.floor_source, self.floor_seconds, self.eval_seconds = None, [], None, None, []
         self._ev, self._last = None, None
 

@@ -177,7 +177,7 @@ class LogVarHead(nn.Module):
     Source: NVlabs/edm2 `training/networks_edm2.py` (`MPFourier`; `Precond.logvar_fourier`, `logvar_linear`)."""
     def __init__(self, channels: int = 128, seed: int = 0):
         super().__init__()
-        self.channels, self.seed = check_int(channels, "channels"), int(seed)
+        self.channels, self.seed = check_int(channels, "channels"), check_int(seed, "seed", 0)
         g = torch.Generator().manual_seed(self.seed)
         self.register_buffer("freqs", torch.randn(self.channels, generator=g))
         self.register_buffer("phases", torch.rand(self.channels, generator=g))

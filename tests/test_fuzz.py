@@ -52,7 +52,15 @@ BAD_YAML = {   # a change to the shipped digits config, and what the refusal mus
     "samples_dict": (("lightning", "samples_per_class"), {"a": 1}, "lightning.samples_per_class must be an int >= 0"),
     "interpolation": (("model", "params", "lr"), "${nope}", "config key model.params.lr: Interpolation key 'nope' not found"),
     "seed_text": (("seed",), "abc", "seed must be an int in [0, 2**32)"),
-    "denoiser_null": (("model", "params", "denoiser_config"), None, "denoiser is required (sgm's denoiser_config: a mapping with a target); got denoiser=None"),
+    "denoiser_null": (("model", "params", "denoiser_config"), None, "model.params.denoiser_config is null, but DiffusionEngine needs its denoiser"),
+    "sigma_sampler_null": (("model", "params", "loss_fn_config", "params", "sigma_sampler_config"), None,
+                           "model.params.loss_fn_config.params.sigma_sampler_config is null, but StandardDiffusionLoss needs its sigma_sampler"),
+    "model_not_an_engine": (("model",), {"target": "diffexplore.scalings.EDMScaling"}, "model.target must be a DiffusionEngine"),   # was AttributeError 'first_stage'
+    "data_seed_inf": (("data", "params", "seed"), float("inf"), "seed must be an integer >= 0; got seed=inf"),   # was OverflowError
+    "scaling_target_empty": (("model", "params", "denoiser_config", "params", "scaling_config", "target"), "",
+                             "model.params.denoiser_config.params.scaling_config.target: target must be a dotted path"),
+    "interpolation_in_list": (("model", "params", "conditioner_config", "params", "emb_models", 0, "params"), "${nope}",
+                              "config key model.params.conditioner_config.params.emb_models.0.params: Interpolation key 'nope' not found"),
     "emb_input_key_dict": (("model", "params", "conditioner_config", "params", "emb_models", 0, "input_key"), {},
                            "emb_models.0: input_key must be a string, the batch entry it embeds (e.g. 'cls'); got input_key={}"),   # was "unhashable type: 'dict'"
     "net_negative": (("model", "params", "network_config", "params", "diffusion_model", "params", "in_channels"), -3,

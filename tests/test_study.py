@@ -110,7 +110,7 @@ def test_a_recipe_typo_stops_the_study_before_any_cell_trains(tmp_path):
     "A recipe whose engine cannot be built is refused up front, naming the recipe, also with two jobs."
     cfg = tmp_path / "typo.yaml"
     cfg.write_text(_tiny_study(tmp_path).read_text().replace("RectifiedFlowScaling", "RectifiedFlowScalng"))
-    with pytest.raises(ValueError, match="recipes.RF: unknown target='diffexplore.scalings.RectifiedFlowScalng'"):
+    with pytest.raises(ValueError, match=r"^recipes\.RF: model\.params\.denoiser_config\.params\.scaling_config\.target: unknown target='diffexplore\.scalings\.RectifiedFlowScalng'"):
         run_study(cfg, tmp_path / "out", jobs=2)
     assert not (tmp_path / "out" / "cells").exists()
 
