@@ -146,7 +146,8 @@ def _lightning(cfg) -> dict:
 
 def check_sections(cfg: DictConfig) -> None:
     """Raise `ConfigError` naming a key no section defines (with close matches), a refused one (with the reason), a
-    missing `model`/`data` or one that is no mapping, or a value `_check_values` refuses."""
+    missing `model`/`data` or one that is no mapping, or a value `_check_values` refuses; a study config is named as such."""
+    if "recipes" in cfg and "base" in cfg: raise ConfigError("this is a study config (base, recipes): run it with `diffexplore study --config`")
     for section, allowed in SECTION_KEYS.items():
         node = OmegaConf.select(cfg, section) if section else cfg
         if section and node is None: raise ConfigError(f"the config has no {section!r} section")
@@ -725,6 +726,9 @@ def _fit(trainer, engine, dm, resume):
         try: trainer.fit(engine, datamodule=dm, ckpt_path=str(resume) if resume else None)
         except RunDirError as e: raise _first_write_error(e) from None
         except NonFiniteLossError as e: raise NonFiniteLossError(f"{e} {_last_good(Path(trainer.default_root_dir))}") from None
+        except SystemExit as e:   # Lightning ends a fit stopped by Ctrl-C with sys.exit(1), after InterruptCheckpoint has saved
+            if type(e) is SystemExit and trainer.interrupted: raise KeyboardInterrupt from None
+            raise                     # its SIGTERMException is a SystemExit too
 
 def _last_good(run_dir: Path) -> str:
     "Where a run stopped by a non-finite loss can continue from: its `last.ckpt` and that checkpoint's step, or that there is none yet."
@@ -914,20 +918,32 @@ def export_weights(ckpt, # a checkpoint written by `diffexplore train` (or `post
     import torch
     from safetensors.torch import save
     if not str(out).endswith(".safetensors"): raise ConfigError(f"--out must be a .safetensors file; got --out {out}")
-    engine, step = load_engine(ckpt), int(torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get("global_step", 0))
+    engine = load_engine(ckpt)
+    if str(ckpt).endswith(".safetensors"):   # an export exported again: its step is in its metadata
+        with _safe_open(ckpt) as f: step = int((f.metadata() or {}).get("global_step", 0))
+    else: step = int(torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True).get("global_step", 0))
     with engine.ema_scope(use_ema): sd = {k: v.detach().cpu().contiguous().clone() for k, v in engine.state_dict().items() if not k.startswith("model_ema.")}
     meta = {"format": EXPORT_FORMAT, "diffexplore_config": json.dumps(engine.config), "sample_shape": json.dumps(engine.sample_shape),
             "global_step": str(step), "ema": str(bool(use_ema and engine.use_ema))}
     atomic_write(out, lambda f: f.write(save(sd, metadata=meta)), "export")
     return {"out": str(out), "tensors": len(sd), "ema": meta["ema"] == "True", "global_step": step}
 
+@contextmanager
+def _safe_open(path, device: str = "cpu"):
+    "safetensors' `safe_open`; a file that is no safetensors file or is cut short is a `ConfigError` (safetensors raises its own `SafetensorError`)."
+    from safetensors import SafetensorError, safe_open
+    bad = lambda e: ConfigError(f"{path} is not a .safetensors file written by `diffexplore export`, or is cut short ({str(e).splitlines()[0]})")
+    try: f = safe_open(str(path), framework="pt", device=device)
+    except (SafetensorError, OSError) as e: raise bad(e) from None
+    with f:
+        try: yield f
+        except SafetensorError as e: raise bad(e) from None   # a tensor past the end of a file cut short
+
 def _load_safetensors(path, map_location="cpu"):
     """The engine of an `export_weights` file: its config checked (`core.check_targets`) and built, its weights loaded
     into the network and the EMA's copies. Raises `ConfigError` for a safetensors file without diffexplore's metadata."""
-    from safetensors import safe_open
     from diffexplore.core import check_targets
-    with safe_open(str(path), framework="pt", device=str(map_location)) as f:
-        meta, sd = f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
+    with _safe_open(path, str(map_location)) as f: meta, sd = f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
     if meta.get("format") != EXPORT_FORMAT: raise ConfigError(f"{path} was not written by `diffexplore export` (metadata format={meta.get('format')!r})")
     config = json.loads(meta["diffexplore_config"])
     check_targets(config, "diffexplore_config")
@@ -1097,8 +1113,7 @@ def _check_sample_args(args):
 
 def _exported_ema(path) -> bool:
     "Whether an `export_weights` file holds the EMA weights (its metadata `ema`), read without loading the tensors."
-    from safetensors import safe_open
-    with safe_open(str(path), framework="pt") as f: return (f.metadata() or {}).get("ema") == "True"
+    with _safe_open(path) as f: return (f.metadata() or {}).get("ema") == "True"
 
 def _check_out(out, option: str = "--out") -> None:
     """An output file's folder is created here and a file written in it and removed (or `ConfigError` says why not), and
@@ -1240,9 +1255,15 @@ def main(argv=None) -> int:
         ours = (ConfigError,) + ((eng.NonFiniteLossError,) if eng else ())
         if isinstance(e, _user_errors()) and os.environ.get("DIFFEXPLORE_DEBUG") != "1" and (isinstance(e, ours) or not _is_bug(e)):
             print(f"diffexplore: error: {e}", file=sys.stderr); return 2
-        if type(e).__name__ == "SIGTERMException" and args.cmd == "study":   # the cell's InterruptCheckpoint was saved; cell.json marks the finished ones
-            print("diffexplore: stopped by SIGTERM; run the same command again to continue (finished cells are kept, the cut one resumes)", file=sys.stderr); return 143
-        if type(e).__name__ == "SIGTERMException":   # Lightning saved checkpoints/interrupted.ckpt (InterruptCheckpoint) before this
-            run = args.run_dir or (Path(args.resume).parent.parent if args.resume else Path("runs") / Path(args.config or "run").stem)
-            print(f"diffexplore: stopped by SIGTERM; continue with --resume {Path(run) / 'checkpoints' / 'interrupted.ckpt'}", file=sys.stderr); return 143
-        raise
+        stopped = "SIGTERM" if type(e).__name__ == "SIGTERMException" else "Ctrl-C" if isinstance(e, KeyboardInterrupt) else None
+        if stopped is None: raise
+        print(_stopped_line(args, stopped), file=sys.stderr); return 143 if stopped == "SIGTERM" else 130
+
+def _stopped_line(args, how: str) -> str:
+    """The line a command stopped by SIGTERM or Ctrl-C ends with: how to go on. Lightning's `InterruptCheckpoint` saved
+    RUN/checkpoints/interrupted.ckpt when a fit was running; a study keeps its finished cells and resumes the cut one."""
+    if args.cmd == "study": return f"diffexplore: stopped by {how}; run the same command again to continue (finished cells are kept, the cut one resumes)"
+    if args.cmd != "train": return f"diffexplore: stopped by {how}"
+    run = args.run_dir or (Path(args.resume).parent.parent if args.resume else Path("runs") / Path(args.config or "run").stem)
+    ck = next((p for p in (Path(run) / "checkpoints" / n for n in ("interrupted.ckpt", "last.ckpt")) if p.is_file()), None)
+    return f"diffexplore: stopped by {how}; continue with --resume {ck}" if ck else f"diffexplore: stopped by {how} before a checkpoint was written"

@@ -683,7 +683,8 @@ class FinalCheckpoint(Callback):
 class InterruptCheckpoint(OnExceptionCheckpoint):
     "Lightning's on-exception checkpoint (Ctrl-C, SIGTERM, crashes), skipped for a non-finite loss and before the first step (nothing to keep)."
     def on_exception(self, trainer, pl_module, exception):
-        if trainer.global_step > 0 and not isinstance(exception, NonFiniteLossError): super().on_exception(trainer, pl_module, exception)
+        if trainer.global_step > 0 and not isinstance(exception, NonFiniteLossError):
+            trainer.save_checkpoint(self.ckpt_path, weights_only=False)   # a full training state, said (Lightning logs a line when it is left unset)
 
 # %% ../nbs/11_engine.ipynb #946e8ff5
 class _KeepingExperimentWriter(ExperimentWriter):

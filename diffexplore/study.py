@@ -118,10 +118,13 @@ def load_study_config(config, # a study YAML file, or the name of a shipped one 
                      ) -> DictConfig:
     """The checked study config, `excess` and `ema_sweep` filled with their defaults. Raises `ConfigError` (one line,
     naming the key) for an unknown key, no seeds or duplicates, no recipes, a recipe override outside its own parts
-    (`RECIPE_MAY_OVERRIDE`), `seed` in `shared`, a reference that is not a recipe, sweep seeds not in `seeds`, or an unknown `no_fast` switch."""
+    (`RECIPE_MAY_OVERRIDE`), `seed` in `shared`, a reference that is not a recipe, sweep seeds not in `seeds`, an unknown `no_fast` switch,
+    a base config that does not load with `shared` and a recipe's overrides (`cell_config`), or a run config given as a study."""
     from diffexplore.cli import resolve_config
     path = resolve_config(config)
     s = OmegaConf.load(path)
+    if not isinstance(s, DictConfig): raise _study_error(f"a study config is a mapping of {sorted(STUDY_KEYS)}; got a {type(s).__name__} (in {path})")
+    if "model" in s and "data" in s: raise _study_error(f"{path} is a run config (model, data): train it with `diffexplore train --config`")
     for k in s:
         if k not in STUDY_KEYS: raise _study_error(f"study key {k!r} is not one of {sorted(STUDY_KEYS)} (in {path})")
     if not s.get("base"): raise _study_error(f"base: the run config every cell starts from is missing (in {path})")
@@ -140,6 +143,7 @@ def load_study_config(config, # a study YAML file, or the name of a shipped one 
     from diffexplore.cli import NO_FAST
     if [x for x in _list(s.get("no_fast"), "no_fast") if x not in (*NO_FAST, "all")]:
         raise _study_error(f"no_fast={list(s.no_fast)} must name fast GPU switches from {[*NO_FAST, 'all']}")
+    for r in s.recipes: cell_config(s, r, seeds[0])   # the base, `shared` and each recipe's overrides load (a typo is named now, not at its cell)
     return s
 
 # %% ../nbs/19_study.ipynb #52a72b32
@@ -452,6 +456,7 @@ def run_study(config, # a study YAML (or a shipped study's name, e.g. `study_dig
         if _read_json(cell_dir(out, recipe, seed) / "cell.json") is not None:
             cells[k] = run_cell(study, recipe, seed, out); log(_cell_line(k, len(grid), cells[k], True))
         elif not report_only: todo.append((k, seed, recipe))
+    if report_only and not cells: raise _study_error(f"--report-only: {out} holds no finished cells; run the study without --report-only first")
     _check_recipes(study, dict.fromkeys(r for _, _, r in todo))   # a typo in a recipe stops the study before any cell trains
     runs = _cells_in_parallel(study, out, todo, jobs) if jobs > 1 and todo else ((k, run_cell(study, r, s, out)) for k, s, r in todo)
     for k, c in runs: cells[k] = c; log(_cell_line(k, len(grid), c, False))

@@ -159,7 +159,8 @@ def test_interrupt_keeps_a_checkpoint_that_resumes(tmp_path, sig):
             "trainer.enable_progress_bar=false"]
     # A shell starts background jobs with SIGINT ignored, and the child would inherit that (`... &` in a script):
     # give the run the default disposition, as a terminal's Ctrl-C finds it.
-    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    err = (tmp_path / "stderr.txt").open("w")
+    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err,
                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline, m = time.time() + 240, run / "metrics.csv"
@@ -173,6 +174,9 @@ def test_interrupt_keeps_a_checkpoint_that_resumes(tmp_path, sig):
         if p.poll() is None: p.kill()
     ck = run / "checkpoints" / "interrupted.ckpt"
     assert ck.is_file()
+    err.close(); last = (tmp_path / "stderr.txt").read_text().strip().splitlines()[-1]   # Ctrl-C once ended in Lightning's lines, exit 1
+    how, rc = ("Ctrl-C", 130) if sig == "SIGINT" else ("SIGTERM", 143)
+    assert (p.returncode, last) == (rc, f"diffexplore: stopped by {how}; continue with --resume {ck}"), (p.returncode, last)
     step = torch.load(ck, map_location="cpu", weights_only=True)["global_step"]
     assert step >= 1
     summary = train(load_config(run / "config.yaml", [f"trainer.max_steps={step + 2}"]), run, resume=ck, judge=False)

@@ -219,3 +219,22 @@ def test_network_and_input_key_named_before_or_at_step_0(F, tmp_path, override, 
     r = fz.invoke(fz._fill(["train", "--config", "digits", "--run-dir", "{T}/run", override, *fz.REAL_RUN], F, tmp_path), stop=False)
     assert r["rc"] == 2 and "Traceback" not in r["stderr"], r
     assert says in r["stderr"].strip().splitlines()[-1], r["stderr"][-500:]
+
+
+@pytest.mark.parametrize("argv,says", [   # found by the fresh-clone pass of 2026-12-05 (second session)
+    (["sample", "--ckpt", "{T}/text.safetensors", "--out", "{T}/x.png"], "{T}/text.safetensors is not a .safetensors file written by `diffexplore export`, or is cut short"),
+    (["export", "--ckpt", "{T}/half.safetensors", "--out", "{T}/z.safetensors"], "{T}/half.safetensors is not a .safetensors file written by `diffexplore export`, or is cut short"),
+    (["train", "--config", "study_digits"], "this is a study config (base, recipes): run it with `diffexplore study --config`"),
+    (["study", "--config", "digits"], "is a run config (model, data): train it with `diffexplore train --config`"),
+    (["study", "--config", "{T}/typo.yaml", "--out", "{T}/o"], "config key 'trainer.max_stesp' does not exist"),
+    (["study", "--config", "{T}/ok.yaml", "--out", "{T}/o", "--report-only"], "--report-only: {T}/o holds no finished cells"),   # was exit 0, an empty table
+])
+def test_second_fresh_clone_mistakes_refused_in_one_line(F, tmp_path, argv, says):
+    (tmp_path / "text.safetensors").write_text("hello")                                  # safetensors' own SafetensorError traceback
+    whole = (F / "w.safetensors").read_bytes(); (tmp_path / "half.safetensors").write_bytes(whole[:len(whole) // 2])
+    study = "base: digits\nseeds: [0]\nshared: [SHARED]\nrecipes: {EDM: {}}\n"
+    (tmp_path / "typo.yaml").write_text(study.replace("SHARED", "trainer.max_stesp=5")); (tmp_path / "ok.yaml").write_text(study.replace("SHARED", "trainer.max_steps=5"))
+    r = fz.invoke(fz._fill(argv, F, tmp_path))
+    assert r["status"] is None and r["rc"] == 2 and "Traceback" not in r["stderr"], r
+    lines = r["stderr"].strip().splitlines()
+    assert len(lines) == 1 and says.replace("{F}", str(F)).replace("{T}", str(tmp_path)) in lines[0], lines
