@@ -38,13 +38,15 @@
 #   soak          bench/soak_gpu.py: Fashion-MNIST (data in FASHION_MNIST_ROOT) trained with the live view in a notebook under
 #                 nbclient for --minutes (default 8, cut to the deadline), GPU/host memory and throughput sampled every 5 s;
 #                 the slopes after the first minute (ARGS go to it, e.g. --minutes 8 --view-kw '{"min_interval_s": 1}')
+#   numerics      bench/numerics_table.py --device cuda: every recipe and mismatched pair × float32/bf16/fp16 autocast × σ in
+#                 [1e-6, 1e4] on the GPU (issue 15, item 1); the table in the log, the counts in OUT/numerics.json
 #   floor         bench/loss_floor_time.py on the GPU: the exact loss floor of Fashion-MNIST's 60,000 training images
 #                 for the main job's σ buckets (ARGS go to it, e.g. --subset 20000)
 # Two tasks on two GPUs at once: one call of
 #   CUDA_VISIBLE_DEVICES=0 bash bench/gpu.sh fashion $OUT/gpu0 & CUDA_VISIBLE_DEVICES=1 bash bench/gpu.sh live $OUT/gpu1; wait
 # Exits 2 for an unknown task (listing them), else with the last task's exit status.
 set -uo pipefail
-TASKS="cifar10 latent sampling accumulation syncs throughput ddp fashion live refit floor study posthoc soak precision"
+TASKS="cifar10 latent sampling accumulation syncs throughput ddp fashion live refit floor study posthoc soak precision numerics"
 usage() { echo "usage: bash bench/gpu.sh TASK[,TASK...] OUT [ARGS...]; tasks: $TASKS" >&2; exit 2; }
 [ $# -ge 2 ] || usage
 tasks=${1//,/ }; out=$2; shift 2
@@ -94,6 +96,7 @@ task_live() { py bench/live_view_gpu.py --out "$out/live" "$@"; }
 task_refit() { py bench/refit_cudagraphs.py --out "$out/refit" "$@"; }
 task_posthoc() { py bench/posthoc_ema_time.py --config fashion_mnist --device cuda "$@"; }
 task_precision() { py bench/precision_modes.py --device cuda "$@"; }
+task_numerics() { py bench/numerics_table.py --device cuda --json "$out/numerics.json" "$@"; }
 task_soak() { py bench/soak_gpu.py --out "$out/soak" --deadline "$(left 20)" "$@"; }
 task_floor() { py bench/loss_floor_time.py --data fashion_mnist --device cuda "$@"; }
 task_study() {   # the cells run in /tmp (checkpoints stay there); their JSON files and the summary come back

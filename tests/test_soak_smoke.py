@@ -42,19 +42,20 @@ def test_slope_per_min():
 
 def test_summarize_window_and_thirds():
     """Steps at 10/s, then 5/s from t = 120 s, the last step at t = 180 s, then 10 s of end-of-fit work (host memory up
-    300 MiB); memory grows 1 MiB/min only during the warm-up: flat in the window, which ends at the last step."""
+    300 MiB, from the first row at the last step on); memory grows 1 MiB/min only during the warm-up: flat in the
+    window, which ends at the row before the last step."""
     rows, step = [], 0
     for i in range(0, 201):   # t = 0 .. 200 s, one row a second; the fit runs from t = 1 to t = 190
         t = float(i)
-        rows.append(dict(t=t, step=step, training=1 <= t <= 190, rss_mib=500 + min(t, 20) / 60 + 300 * (t > 180), pushes=i,
+        rows.append(dict(t=t, step=step, training=1 <= t <= 190, rss_mib=500 + min(t, 20) / 60 + 300 * (t >= 180), pushes=i,
                          grids=0, grids_skipped=0, view_errors=0))
         if t < 180: step += 10 if t < 120 else 5
     s = soak_gpu.summarize(rows, [dict(t=r["t"], client_rss_mib=50.0) for r in rows], warmup_s=20.0, batch=4)
-    assert s["window_s"] == 159.0 and s["samples_in_window"] == 160   # from the first row past step 0 (t = 1) + 20 s, to t = 180
+    assert s["window_s"] == 158.0 and s["samples_in_window"] == 159   # from the first row past step 0 (t = 1) + 20 s, to t = 179
     assert s["memory"]["rss_mib"]["slope_mib_per_min"] == pytest.approx(0.0) and s["memory"]["rss_mib"]["max"] < 501
     assert s["memory"]["client_rss_mib"]["slope_mib_per_min"] == pytest.approx(0.0) and "gpu_alloc_mib" not in s["memory"]
     assert s["img_s_first_third"] == pytest.approx(40.0) and s["img_s_last_third"] == pytest.approx(20.0)
-    assert s["last_over_first"] == pytest.approx(0.5) and s["view_updates"] == 200 and s["view_updates_in_window"] == 159
+    assert s["last_over_first"] == pytest.approx(0.5) and s["view_updates"] == 200 and s["view_updates_in_window"] == 158
     with pytest.raises(ValueError, match="warmup_s=500"): soak_gpu.summarize(rows, [], warmup_s=500.0, batch=4)
 
 
