@@ -241,6 +241,7 @@ def _build(v, path: str):
     if why is None: return v
     raise ValueError(f"{path} {why}: a component's config is {{target: module.Class, params: {{...}}}}; got keys {sorted(map(str, v))}")
 
+# %% ../nbs/00_core.ipynb #dfefc29c
 def _fits(v, h) -> bool | None:
     "Does `v` fit the annotation `h`? None when `h` is not a plain bool/int/float/str/list/tuple/dict/Sequence/Mapping/None (or a union of them)."
     origin = typing.get_origin(h) or h
@@ -277,6 +278,7 @@ def _bad_params(e: TypeError, target: str, path: str) -> TypeError:
     sgm = f" (written {missing[1]}_config in sgm's configs)" if missing else ""
     return TypeError(f"{path + '.params: ' if path else ''}bad params for target={target!r}: {e}{sgm}")
 
+# %% ../nbs/00_core.ipynb #412f2f6b
 def _target_class(target: str, path: str):
     "`get_obj_from_str(target)`; its `ValueError` (an unknown or malformed target) names `path.target`."
     try: return get_obj_from_str(target)
@@ -304,7 +306,6 @@ def _rename_sgm_params(cls, params: dict) -> dict:
         short = k[:-len("_config")] if k.endswith("_config") else None
         out[short if short and k not in names and short in names else k] = v
     return out
-
 
 # %% ../nbs/00_core.ipynb #6c674a65
 def check_targets(config, # a config: mappings and lists, a `target` key where a component is built; or an OmegaConf container
