@@ -248,6 +248,7 @@ def check_compatible(engine, dm) -> None:
     """Raise `ConfigError` when data, first stage, network and conditioner disagree: channel counts, the number of
     classes, a network with a class embedding but no conditioner, and a sampler without `num_steps`. Concat conditioning channels are not known statically and are not counted."""
     from diffexplore.engine import conditioner_classes
+    from diffexplore.networks import has_class_embedding
     c_data = getattr(dm, "channels", None)
     fs = engine.first_stage
     c_latent = getattr(fs, "latent_channels", None) if fs is not None and getattr(fs, "latent_channels", None) else c_data
@@ -255,10 +256,9 @@ def check_compatible(engine, dm) -> None:
     if c_net is not None and c_latent is not None and c_net != c_latent:
         raise ConfigError(f"channel mismatch: data has {c_data} channels, the first stage gives {c_latent}, "
                           f"but the network expects in_channels={c_net}")
-    net = getattr(getattr(engine.model, "diffusion_model", None), "_orig_mod", getattr(engine.model, "diffusion_model", None))
-    if engine.conditioner is None and getattr(net, "class_embedding", None) is not None:
-        raise ConfigError(f"the network has a class embedding (class_embed_type={net.config.class_embed_type!r}) but the model has no "
-                          "conditioner to feed it: set model.params.conditioner_config (a ClassEmbedder), or build the network without class_embed_dim")
+    if engine.conditioner is None and has_class_embedding(engine.model):
+        raise ConfigError("the network has a class embedding but the model has no conditioner to feed it: "
+                          "set model.params.conditioner_config (a ClassEmbedder), or build the network without class_embed_dim")
     n_classes = conditioner_classes(engine.conditioner)
     n_data = getattr(dm, "num_classes", None)
     if n_classes is not None and n_data is not None and n_data > n_classes:
@@ -593,6 +593,7 @@ def atomic_write(path, # the file to write, e.g. RUN/checkpoints/last.ckpt
     finally:
         if tmp is not None: Path(tmp).unlink(missing_ok=True)
 
+# %% ../nbs/14_cli.ipynb #42e967fc
 def atomic_save(checkpoint: dict, # what `torch.save` takes (Lightning's checkpoint dict)
                 path, # the file to write, e.g. RUN/checkpoints/last.ckpt
                ) -> None:
@@ -732,12 +733,17 @@ def _fit(trainer, engine, dm, resume):
 
 def _last_good(run_dir: Path) -> str:
     "Where a run stopped by a non-finite loss can continue from: its `last.ckpt` and that checkpoint's step, or that there is none yet."
-    import torch
     last = run_dir / "checkpoints" / "last.ckpt"
     if not last.is_file(): return "No checkpoint was written before it."
-    step = torch.load(last, map_location="cpu", weights_only=True, mmap=True)["global_step"]
-    return f"The last good checkpoint is {last} (global step {step})."
+    return f"The last good checkpoint is {last} (global step {_resume_step(last)})."
 
+def _first_write_error(e: RunDirError) -> RunDirError:
+    "The earliest `RunDirError` in `e`'s context: the write that failed, not `InterruptCheckpoint`'s that failed after it (a full disk)."
+    first, c = e, e.__context__
+    while c is not None: first, c = (c if isinstance(c, RunDirError) else first), c.__context__
+    return first
+
+# %% ../nbs/14_cli.ipynb #9e6cf23b
 def checkpoint_bytes(engine) -> int:
     "About the size of the engine's training checkpoint in bytes: its state_dict (weights, EMA, buffers) and AdamW's two float32 moments per trained parameter."
     import torch
@@ -757,12 +763,6 @@ def check_free_space(run_dir: Path, engine, resume=None) -> None:
         raise RunDirError(f"run_dir={str(run_dir)!r}: its disk has {free / 2**20:.1f} MiB free, and the run's checkpoints need about "
                           f"{files * size / 2**20:.1f} MiB ({files} x {size / 2**20:.1f} MiB: last, best and the one being written)")
 
-def _first_write_error(e: RunDirError) -> RunDirError:
-    "The earliest `RunDirError` in `e`'s context: the write that failed, not `InterruptCheckpoint`'s that failed after it (a full disk)."
-    first, c = e, e.__context__
-    while c is not None: first, c = (c if isinstance(c, RunDirError) else first), c.__context__
-    return first
-
 # %% ../nbs/14_cli.ipynb #29b8e779
 def train(cfg: DictConfig, # a loaded config (see `load_config`)
           run_dir, # output folder
@@ -777,7 +777,7 @@ def train(cfg: DictConfig, # a loaded config (see `load_config`)
     for the first checkpoints (`check_free_space`), and at a checkpoint write that fails (no space:
     the previous checkpoint stays whole, `atomic_save`), `NonFiniteLossError` (after saving nothing new) when the loss
     becomes NaN/inf."""
-    import torch, lightning.pytorch as pl
+    import lightning.pytorch as pl
     run_dir = Path(run_dir); _check_new_run(run_dir, resume)
     trainer_kwargs(cfg)   # a bad trainer setting fails here, before data and model are built
     _check_scale_lr(cfg, scale_lr)   # before anything is built
@@ -787,7 +787,7 @@ def train(cfg: DictConfig, # a loaded config (see `load_config`)
     engine = build_engine(cfg)
     check_compatible(engine, dm)
     sigma_data["sigma_data_components"] = check_sigma_data(engine, data_sigma)   # one SigmaDataWarning when a component is > 25 % off
-    resume_step = torch.load(resume, map_location="cpu", weights_only=True, mmap=True)["global_step"] if resume else 0
+    resume_step = _resume_step(resume) if resume else 0   # a file that holds no training state: ConfigError
     trainer = make_trainer(cfg, run_dir, num_classes=getattr(dm, "num_classes", None), engine=engine, fast_off=fast_off,
                            resume_step=resume_step)
     lr = learning_rate(cfg, engine, trainer, dm, scale_lr)
@@ -928,6 +928,7 @@ def export_weights(ckpt, # a checkpoint written by `diffexplore train` (or `post
     atomic_write(out, lambda f: f.write(save(sd, metadata=meta)), "export")
     return {"out": str(out), "tensors": len(sd), "ema": meta["ema"] == "True", "global_step": step}
 
+# %% ../nbs/14_cli.ipynb #5a034a84
 @contextmanager
 def _safe_open(path, device: str = "cpu"):
     "safetensors' `safe_open`; a file that is no safetensors file or is cut short is a `ConfigError` (safetensors raises its own `SafetensorError`)."
@@ -1170,6 +1171,7 @@ def _check_steps_left(cfg, resume) -> None:
         raise ConfigError(f"{where['max_steps']}.max_steps={max_steps} is not above the global step of --resume {resume} ({step}): "
                           f"nothing is left to train; set {where['max_steps']}.max_steps to the step to train to")
 
+# %% ../nbs/14_cli.ipynb #b67401e5
 def _train_config(args) -> tuple[DictConfig, Path]:
     """The checked config of a `train` command and its run dir; imports no torch unless `--resume` is given or an override
     names a key the file lacks. Raises `ConfigError` for a `--resume` that holds no training state (`_resume_step`), or is
@@ -1203,6 +1205,7 @@ def _check_importable(module: str) -> None:
     except (ImportError, ValueError): found = False   # a parent package that is missing, or fails to import
     if not found: raise ConfigError(f"--allow-module {module}: no module of that name can be imported (is its folder on PYTHONPATH, or is it installed?)")
 
+# %% ../nbs/14_cli.ipynb #f5b13f6a
 def _run_command(args) -> int:
     if args.cmd == "sample":
         _check_sample_args(args)

@@ -715,6 +715,7 @@ class _KeepingExperimentWriter(ExperimentWriter):
         self._record_new_keys()
         self._write(self.metrics_keys, self._rows()[1] + self.metrics); self.metrics = []
 
+# %% ../nbs/11_engine.ipynb #c2f861c3
 class KeepingCSVLogger(CSVLogger):
     """`CSVLogger` for a run that may be resumed: the rows of `metrics.csv` logged before `keep_before_step` (int >= 0:
     the resumed checkpoint's global step; 0 for a new run) stay, so the file holds the whole run. It overrides

@@ -12,8 +12,8 @@ from torch import nn, Tensor
 from diffusers import UNet2DModel, UNet2DConditionModel
 
 # %% auto #0
-__all__ = ['UNET_PRESETS', 'time_embed_dim', 'unet_config', 'build_unet', 'count_params', 'IdentityWrapper', 'OpenAIWrapper',
-           'UNetModel']
+__all__ = ['UNET_PRESETS', 'time_embed_dim', 'unet_config', 'build_unet', 'count_params', 'IdentityWrapper',
+           'has_class_embedding', 'OpenAIWrapper', 'UNetModel']
 
 # %% ../nbs/08_networks.ipynb #ab191a51
 UNET_PRESETS: dict[str, dict] = {
@@ -151,8 +151,13 @@ def _timesteps(t, x: Tensor) -> Tensor:
     return t.reshape(-1).float()
 
 # %% ../nbs/08_networks.ipynb #125279af
+def has_class_embedding(net: nn.Module) -> bool:
+    """Whether the network (a diffusers U-Net, also inside a wrapper or `torch.compile`) adds a class embedding to its
+    time embedding, so that every call needs `c["vector"]` `[B, D]` (`class_embed_dim` set when it was built)."""
+    return getattr(_net(getattr(net, "diffusion_model", net)), "class_embedding", None) is not None
+
 def _class_labels(net, c: Mapping):
-    vector, has_emb = c.get("vector"), getattr(net, "class_embedding", None) is not None
+    vector, has_emb = c.get("vector"), has_class_embedding(net)
     if vector is None and has_emb: raise ValueError(f"{type(net).__name__} has a class embedding (class_embed_type={net.config.class_embed_type!r}): c['vector'] is required")
     if vector is not None and not has_emb: raise ValueError(f"c['vector'] of shape {tuple(vector.shape)} given, but {type(net).__name__} has no class embedding (build it with class_embed_dim=...)")
     if vector is not None and net.config.class_embed_type == "identity" and vector.shape[-1] != net.time_embedding.linear_2.out_features:

@@ -211,8 +211,8 @@ def cell_dir(out, recipe: str, seed: int) -> Path:
 
 def _global_step(path: Path) -> int:
     "The checkpoint's global step, or -1 when it cannot be read (a file cut short by a kill)."
-    import torch
-    try: return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+    from diffexplore.cli import _resume_step
+    try: return _resume_step(path)
     except Exception: return -1
 
 def resume_point(run_dir) -> Path | None:
@@ -396,6 +396,7 @@ def _cell_in_worker(study: dict, recipe: str, seed: int, out: str, threads: int,
         if os.getppid() != parent: os._exit(143)   # stopped because the study is gone: nobody to report to, and the pool's queue would block
         raise
 
+# %% ../nbs/19_study.ipynb #f1d13991
 def _cells_in_parallel(study: DictConfig, out, todo, # [(grid index, seed, recipe)]
                        jobs: int):
     """Yield (grid index, cell) for `todo` as the cells finish, `jobs` at a time, each in a spawned process with
